@@ -1,0 +1,167 @@
+"""Read the gateway's settings once, from the environment and `.env`, into one validated object."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+from dotenv import dotenv_values
+
+PLACEHOLDER_KEY = "your-secret-api-key-change-this"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+class ConfigError(ValueError):
+    """A setting has a value the gateway cannot run with; the message names the variable."""
+
+
+def _boolean(name, raw):
+    word = raw.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean (use true or false)")
+
+
+def _number(kind, minimum=None, maximum=None):
+    def parse(name, raw):
+        try:
+            value = kind(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if value != value or (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            bounds = f"at least {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+            raise ConfigError(f"{name}={raw!r} is out of range (must be {bounds})")
+        return value
+
+    return parse
+
+
+def _url(name, raw):
+    value = raw.strip().rstrip("/")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name}={raw!r} is not an http(s) URL such as http://localhost:11434")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} has an invalid port") from None
+    return value
+
+
+def _origins(name, raw):
+    origins = [item.strip().rstrip("/") for item in raw.split(",") if item.strip()]
+    for origin in origins:
+        if origin != "*" and not urlsplit(origin).scheme.startswith("http"):
+            raise ConfigError(f"{name} entry {origin!r} is not an origin such as https://app.example.com")
+    return tuple(origins)
+
+
+def _log_level(name, raw):
+    level = raw.strip().upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ConfigError(f"{name}={raw!r} is not a log level (debug, info, warning, error, critical)")
+    return level
+
+
+def _text(name, raw):
+    return raw.strip()
+
+
+def _setting(env, default, parse, doc):
+    return dataclasses.field(default=None, metadata={"env": env, "default": default, "parse": parse, "doc": doc})
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Every setting of the gateway; `Config.from_env()` builds it, `SETTINGS` documents it."""
+
+    ollama_base_url: str = _setting("OLLAMA_BASE_URL", "http://localhost:11434", _url, "Ollama server the gateway relays to")
+    api_key: str = _setting("API_KEY", "", _text, "Shared key clients send in X-API-Key or Authorization: Bearer")
+    auth_enabled: bool = _setting("AUTH_ENABLED", "true", _boolean, "Require the key on every route but health and docs")
+    host: str = _setting("HOST", "0.0.0.0", _text, "Address gunicorn binds")
+    port: int = _setting("PORT", "8000", _number(int, 1, 65535), "Port gunicorn binds")
+    debug: bool = _setting("DEBUG", "false", _boolean, "Development mode: allows a missing key, verbose logs")
+    allowed_origins: tuple = _setting(
+        "ALLOWED_ORIGINS", "http://localhost:3000", _origins, "Comma-separated browser origins allowed by CORS"
+    )
+    ollama_timeout: float = _setting(
+        "OLLAMA_TIMEOUT", "300", _number(float, 0.1), "Seconds Ollama may stay silent (before its first byte or between chunks)"
+    )
+    ollama_connect_timeout: float = _setting(
+        "OLLAMA_CONNECT_TIMEOUT", "5", _number(float, 0.1), "Seconds to open a connection to Ollama"
+    )
+    ollama_first_byte_timeout: float = _setting(
+        "OLLAMA_FIRST_BYTE_TIMEOUT", "", _number(float, 0.1), "Silence allowed before the first byte (default OLLAMA_TIMEOUT)"
+    )
+    ollama_chunk_timeout: float = _setting(
+        "OLLAMA_CHUNK_TIMEOUT", "", _number(float, 0.1), "Silence allowed between two chunks (default OLLAMA_TIMEOUT)"
+    )
+    ollama_request_timeout: float = _setting(
+        "OLLAMA_REQUEST_TIMEOUT", "900", _number(float, 0.1), "Whole-call limit for non-streaming calls"
+    )
+    health_timeout: float = _setting(
+        "OLLAMA_HEALTH_TIMEOUT", "2", _number(float, 0.1), "Whole-call limit for the readiness probe"
+    )
+    default_model: str = _setting("DEFAULT_MODEL", "", _text, "Model used when a request names none")
+    max_body_bytes: int = _setting(
+        "MAX_BODY_BYTES", str(10 * 1024 * 1024), _number(int, 1024), "Largest request body accepted (413 beyond)"
+    )
+    log_level: str = _setting("LOG_LEVEL", "info", _log_level, "debug, info, warning, error or critical")
+    sse_heartbeat_seconds: float = _setting(
+        "SSE_HEARTBEAT_SECONDS", "10", _number(float, 0.05), "Seconds between SSE comment lines while Ollama is silent"
+    )
+    stream_status_wait: float = _setting(
+        "STREAM_STATUS_WAIT", "1", _number(float, 0.0),
+        "Seconds a stream waits for Ollama's status line so early errors keep their HTTP status",
+    )
+    allow_unknown_options: bool = _setting(
+        "ALLOW_UNKNOWN_OPTIONS", "false", _boolean, "Pass option names the gateway does not know through to Ollama"
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, env_file: str | None = ".env") -> Config:
+        """Build the config from `environ` (default os.environ) over the values of `env_file`."""
+        values = {}
+        if env_file and os.path.isfile(env_file):
+            values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+        values.update(os.environ if environ is None else environ)
+        return cls.from_mapping(values)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, str]) -> Config:
+        """Parse and check every setting from a plain mapping of variable names to strings."""
+        parsed = {}
+        for field in dataclasses.fields(cls):
+            meta = field.metadata
+            raw = str(values.get(meta["env"]) or "").strip() or meta["default"]
+            # An unset optional number stays None and takes its value from another setting below.
+            parsed[field.name] = None if raw == "" and meta["parse"] is not _text else meta["parse"](meta["env"], raw)
+        parsed["ollama_first_byte_timeout"] = parsed["ollama_first_byte_timeout"] or parsed["ollama_timeout"]
+        parsed["ollama_chunk_timeout"] = parsed["ollama_chunk_timeout"] or parsed["ollama_timeout"]
+        parsed["stream_status_wait"] = min(parsed["stream_status_wait"], parsed["sse_heartbeat_seconds"])
+        config = cls(**parsed)
+        config.check_security()
+        return config
+
+    def check_security(self):
+        """Refuse to run with auth on and no real key, unless in debug mode."""
+        if self.auth_enabled and not self.debug and self.api_key in ("", PLACEHOLDER_KEY):
+            what = "empty" if not self.api_key else "still the placeholder from .env.example"
+            raise ConfigError(f"API_KEY is {what}: set a secret key, or AUTH_ENABLED=false to run without auth")
+
+    @property
+    def public_ollama_url(self) -> str:
+        """Return the Ollama URL with any user:password removed, safe to show to clients."""
+        parts = urlsplit(self.ollama_base_url)
+        netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+        if ":" in parts.hostname:
+            netloc = f"[{parts.hostname}]" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+SETTINGS = [(f.metadata["env"], f.metadata["default"], f.metadata["doc"]) for f in dataclasses.fields(Config)]

@@ -1,0 +1,141 @@
+"""Build the OpenAPI 3 document from the views' docstrings and the marshmallow schemas; serve the UIs."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+
+import yaml
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from flasgger import Swagger
+from flask import Blueprint, current_app, render_template_string, send_file, url_for
+from marshmallow import Schema
+
+from . import __version__, schemas
+
+STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
+REDOC_JS = os.path.join(STATIC_DIR, "redoc", "redoc.standalone.js")
+EXTENSION_KEY = "mlops_backend.openapi"
+
+DESCRIPTION = """An authenticated gateway in front of an Ollama server.
+
+Send the API key in `X-API-Key` (or `Authorization: Bearer <key>`). Every error is
+`application/problem+json` (RFC 9457). Streams are Server-Sent Events; see `POST /api/llm/stream`."""
+
+KEYED_ERRORS = {"401": "Missing or wrong API key"}
+BODY_ERRORS = {"400": "Malformed JSON or a body that is not a JSON object", "413": "Body over MAX_BODY_BYTES",
+               "422": "A field is invalid; `errors` names each one"}
+OLLAMA_ERRORS = {"404": "Unknown model", "502": "Ollama failed or answered badly",
+                 "503": "Ollama unreachable, or busy (with Retry-After)", "504": "Ollama timed out"}
+
+bp = Blueprint("docs", __name__)
+
+
+class GatewaySwagger(Swagger):
+    """Flasgger's Swagger UI, fed the apispec document instead of flasgger's own parse."""
+
+    def get_apispecs(self, endpoint="openapi"):
+        return openapi_document(current_app)
+
+
+def init_docs(app) -> None:
+    """Register /openapi.json, Swagger UI at /docs and ReDoc at /redoc."""
+    app.register_blueprint(bp)
+    GatewaySwagger(app, merge=True, config={
+        "specs": [{"endpoint": "openapi", "route": "/openapi.json"}],
+        "specs_route": "/docs/",
+        "title": "mlops-backend API",
+        "openapi": "3.0.3",
+        "static_url_path": "/docs/static",
+        "uiversion": 3,
+        "hide_top_bar": True,
+        "ui_params": {"persistAuthorization": True},
+    })
+
+
+def openapi_document(app) -> dict:
+    """Return the OpenAPI document for every route of `app`, built once per app."""
+    if EXTENSION_KEY not in app.extensions:
+        app.extensions[EXTENSION_KEY] = _build(app)
+    return app.extensions[EXTENSION_KEY]
+
+
+def _build(app) -> dict:
+    spec = APISpec(title="mlops-backend", version=__version__, openapi_version="3.0.3",
+                   plugins=[MarshmallowPlugin()], info={"description": DESCRIPTION})
+    spec.components.security_scheme("ApiKeyAuth", {"type": "apiKey", "in": "header", "name": "X-API-Key"})
+    spec.components.security_scheme("BearerAuth", {"type": "http", "scheme": "bearer"})
+    for name, cls in inspect.getmembers(schemas, inspect.isclass):
+        # Nested schemas are registered by the plugin as it meets them: skip those.
+        if issubclass(cls, Schema) and cls.__module__ == schemas.__name__ and name not in spec.components.schemas:
+            spec.components.schema(name, schema=cls)
+    paths = {}
+    for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
+        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+        operation = _operation(app.view_functions[rule.endpoint], rule)
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            paths.setdefault(path, {})[method.lower()] = dict(operation)
+    for path, operations in paths.items():
+        spec.path(path=path, operations=operations)
+    document = spec.to_dict()
+    document["security"] = [{"ApiKeyAuth": []}, {"BearerAuth": []}]
+    return document
+
+
+def _operation(view, rule) -> dict:
+    """Read a view's docstring: summary line, then YAML after `---`; add the errors it can give."""
+    doc = inspect.getdoc(view) or rule.endpoint
+    summary, _, rest = doc.partition("\n")
+    yaml_text = rest.split("---", 1)[1] if "---" in rest else ""
+    operation = yaml.safe_load(yaml_text) or {}
+    operation.setdefault("summary", summary.strip())
+    operation.setdefault("operationId", rule.endpoint.replace(".", "_"))
+    responses = operation.setdefault("responses", {"200": {"description": "OK"}})
+    public = operation.get("security") == [] or not rule.endpoint.startswith("llm.")
+    if public:
+        operation["security"] = []
+        operation.setdefault("tags", ["docs"])
+    errors = {} if public else dict(KEYED_ERRORS)
+    if not public and "POST" in rule.methods:
+        errors.update(BODY_ERRORS)
+    if rule.endpoint.startswith("llm."):
+        errors.update(OLLAMA_ERRORS)
+    for code, text in errors.items():
+        responses.setdefault(code, _problem(text))
+    responses = {str(code): value for code, value in responses.items()}
+    operation["responses"] = responses
+    for name in rule.arguments:
+        operation.setdefault("parameters", []).append(
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}})
+    return operation
+
+
+def _problem(description: str) -> dict:
+    return {"description": description, "content": {"application/problem+json": {"schema": {
+        "$ref": "#/components/schemas/Problem"}}}}
+
+
+REDOC_PAGE = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>mlops-backend API</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"></head>
+<body>{% if have_js %}<redoc spec-url="{{ spec_url }}"></redoc>
+<script src="{{ js_url }}"></script>{% else %}
+<p>ReDoc's bundle is not installed: run <code>scripts/fetch-redoc.sh</code>. The document is at
+<a href="{{ spec_url }}">{{ spec_url }}</a> and Swagger UI at <a href="{{ docs_url }}">{{ docs_url }}</a>.</p>{% endif %}
+</body></html>"""
+
+
+@bp.get("/redoc")
+def redoc():
+    """ReDoc, served with its bundle from this server (no internet needed)."""
+    return render_template_string(REDOC_PAGE, have_js=os.path.isfile(REDOC_JS), spec_url=url_for("flasgger.openapi"),
+                                  js_url=url_for("docs.redoc_js"), docs_url=url_for("flasgger.apidocs"))
+
+
+@bp.get("/redoc/redoc.standalone.js")
+def redoc_js():
+    """ReDoc's standalone bundle (from the npm package redoc)."""
+    return send_file(REDOC_JS, mimetype="text/javascript", max_age=86400)
+

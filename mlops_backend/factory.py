@@ -1,0 +1,96 @@
+"""Build the app: a short list of named steps, each a small function."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from .config import Config
+from .errors import register_error_handlers
+from .extensions import KEY, Gateway, cors
+from .request_context import add_request_id_header, assign_request_id, configure_logging
+
+log = logging.getLogger(__name__)
+
+CORS_HEADERS = ["Content-Type", "X-API-Key", "Authorization", "X-Request-ID"]
+EXPOSED_HEADERS = ["X-Request-ID", "Retry-After", "WWW-Authenticate"]
+
+
+def create_app(config: Config | dict | None = None) -> Flask:
+    """Create the gateway app; `config` is a Config, a mapping of variables, or None for the environment."""
+    config = _as_config(config)
+    app = Flask(__name__, static_folder=None)
+    app.config.update(MAX_CONTENT_LENGTH=config.max_body_bytes, DEBUG=config.debug)
+    app.json.sort_keys = False
+    app.json.ensure_ascii = False
+    configure_logging(config.log_level)
+    register_gateway(app, config)
+    register_request_hooks(app)
+    register_error_handlers(app)
+    register_cors(app, config)
+    register_docs(app)
+    warn_about_config(config)
+    return app
+
+
+def init_gateway(app: Flask, url_prefix: str = "", config: Config | dict | None = None) -> Flask:
+    """Mount the gateway's routes on an existing app under `url_prefix`.
+
+    Binds the config, the Ollama client, the key check, the error handlers and CORS to our
+    routes only; the host app's own routes and error pages are left alone.
+    """
+    config = _as_config(config)
+    register_gateway(app, config, url_prefix)
+    prefix = url_prefix.rstrip("/")
+    cors.init_app(app, resources={rf"{prefix}/api/*": _cors_options(config)})
+    warn_about_config(config)
+    return app
+
+
+def _as_config(config) -> Config:
+    if isinstance(config, Config):
+        return config
+    if config is None:
+        return Config.from_env()
+    return Config.from_mapping(config)
+
+
+def register_gateway(app: Flask, config: Config, url_prefix: str = "") -> None:
+    """Bind the gateway state and register the blueprints."""
+    from .blueprints import BLUEPRINTS
+
+    app.extensions[KEY] = Gateway.build(config)
+    for blueprint in BLUEPRINTS:
+        app.register_blueprint(blueprint, url_prefix=url_prefix or None)
+
+
+def register_request_hooks(app: Flask) -> None:
+    """Give every response of the app, errors and unknown routes included, a request id."""
+    app.before_request(assign_request_id)
+    app.after_request(add_request_id_header)
+
+
+def register_cors(app: Flask, config: Config) -> None:
+    """Answer browsers from ALLOWED_ORIGINS, and let them read our request id."""
+    cors.init_app(app, **_cors_options(config))
+
+
+def _cors_options(config: Config) -> dict:
+    return {"origins": list(config.allowed_origins), "allow_headers": CORS_HEADERS,
+            "expose_headers": EXPOSED_HEADERS, "methods": ["GET", "POST", "DELETE", "OPTIONS"], "max_age": 600}
+
+
+def register_docs(app: Flask) -> None:
+    """Serve the OpenAPI document, Swagger UI and ReDoc."""
+    from .docs import init_docs
+
+    init_docs(app)
+
+
+def warn_about_config(config: Config) -> None:
+    """Say loudly when the gateway runs open."""
+    if not config.auth_enabled:
+        log.warning("AUTH_ENABLED=false: every route is open to anyone who can reach this server")
+    elif config.debug and config.api_key in ("", "your-secret-api-key-change-this"):
+        log.warning("DEBUG=true with no real API_KEY: keyed routes accept only the placeholder or nothing")

@@ -1,0 +1,199 @@
+"""Talk to Ollama over one pooled requests.Session; plain Python, no Flask."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from .ndjson import NDJSONStream
+
+log = logging.getLogger(__name__)
+
+
+class OllamaError(Exception):
+    """Ollama failed; `kind` names the failure (the error module maps kinds to HTTP statuses)."""
+
+    kind = "upstream_error"
+
+    def __init__(self, detail: str, *, upstream_status: int | None = None, retry_after: str | None = None):
+        super().__init__(detail)
+        self.detail = detail
+        self.upstream_status = upstream_status
+        self.retry_after = retry_after
+
+
+class OllamaUnreachable(OllamaError):
+    kind = "unreachable"
+
+
+class OllamaTimeout(OllamaError):
+    kind = "timeout"
+
+
+class OllamaBusy(OllamaError):
+    kind = "busy"
+
+
+class ModelNotFound(OllamaError):
+    kind = "model_not_found"
+
+
+class OllamaRejected(OllamaError):
+    kind = "rejected"
+
+
+class OllamaBadResponse(OllamaError):
+    kind = "bad_response"
+
+
+class OllamaStreamError(OllamaError):
+    """Ollama reported an error inside a stream that had already started."""
+
+    kind = "model_error"
+
+
+def gevent_active() -> bool:
+    """Tell whether sockets are cooperative (gunicorn's gevent worker patched them)."""
+    try:
+        from gevent import monkey
+    except ImportError:  # pragma: no cover - gevent is a dependency, but the client must not need it
+        return False
+    return monkey.is_module_patched("socket")
+
+
+@contextlib.contextmanager
+def deadline(seconds: float, what: str):
+    """Bound a whole call in time under gevent; requests alone only bounds each read."""
+    if not gevent_active():
+        yield
+        return
+    import gevent
+
+    timer = gevent.Timeout(seconds)
+    timer.start()
+    try:
+        yield
+    except gevent.Timeout as exc:
+        if exc is not timer:
+            raise
+        raise OllamaTimeout(f"{what} took longer than {seconds:g} s") from None
+    finally:
+        timer.close()
+
+
+class OllamaClient:
+    """A small client for the Ollama endpoints the gateway relays."""
+
+    def __init__(self, base_url: str, *, connect_timeout: float = 5.0, first_byte_timeout: float = 300.0,
+                 chunk_timeout: float = 300.0, request_timeout: float = 900.0, pool_size: int = 256):
+        self.base_url = base_url.rstrip("/")
+        self.connect_timeout = connect_timeout
+        self.first_byte_timeout = first_byte_timeout
+        self.chunk_timeout = chunk_timeout
+        self.request_timeout = request_timeout
+        self.session = requests.Session()
+        # No proxies or .netrc from the environment: the gateway talks to one known server.
+        self.session.trust_env = False
+        # The session sends only its own headers, so a browser's Origin or Host never reaches
+        # Ollama (it answers those with 403).
+        self.session.headers.update({"User-Agent": "mlops-backend", "Accept-Encoding": "identity"})
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    @classmethod
+    def from_config(cls, config) -> OllamaClient:
+        """Build a client from the gateway's Config."""
+        return cls(config.ollama_base_url, connect_timeout=config.ollama_connect_timeout,
+                   first_byte_timeout=config.ollama_first_byte_timeout, chunk_timeout=config.ollama_chunk_timeout,
+                   request_timeout=config.ollama_request_timeout)
+
+    def version(self, timeout: float) -> str:
+        """Return Ollama's version, failing within `timeout` seconds whatever Ollama does."""
+        with deadline(timeout, "Ollama's version check"):
+            data = self._json("GET", "/api/version", timeout=(min(timeout, self.connect_timeout), timeout))
+        return str(data.get("version", "unknown"))
+
+    def tags(self) -> list:
+        """Return the installed models as Ollama lists them."""
+        with deadline(self.request_timeout, "Listing models"):
+            data = self._json("GET", "/api/tags", timeout=(self.connect_timeout, self.first_byte_timeout))
+        return data.get("models") or []
+
+    def generate(self, payload: dict) -> dict:
+        """Run a non-streamed generation and return Ollama's one answer object."""
+        with deadline(self.request_timeout, "The generation"):
+            return self._json("POST", "/api/generate", json={**payload, "stream": False},
+                              timeout=(self.connect_timeout, self.first_byte_timeout), model=payload.get("model"))
+
+    def open_stream(self, path: str, payload: dict) -> NDJSONStream:
+        """Start a streamed call; return its body once Ollama has answered with a success status."""
+        response = self._send("POST", path, json={**payload, "stream": True}, stream=True,
+                              timeout=(self.connect_timeout, self.first_byte_timeout))
+        try:
+            self._raise_for_status(response, payload.get("model"))
+            return NDJSONStream(response, self.chunk_timeout)
+        except BaseException:
+            response.close()
+            raise
+
+    def _json(self, method, path, *, model=None, **kwargs):
+        response = self._send(method, path, **kwargs)
+        with response:
+            self._raise_for_status(response, model)
+            try:
+                return response.json()
+            except ValueError:
+                raise OllamaBadResponse(f"Ollama's answer to {path} is not JSON") from None
+
+    def _send(self, method, path, **kwargs):
+        try:
+            return self.session.request(method, self.base_url + path, **kwargs)
+        except requests.ConnectTimeout:
+            raise OllamaUnreachable(f"No connection to Ollama within {self.connect_timeout:g} s") from None
+        except requests.ReadTimeout:
+            raise OllamaTimeout(f"Ollama did not answer within {self.first_byte_timeout:g} s") from None
+        except requests.ConnectionError as exc:
+            if _refused(exc):
+                raise OllamaUnreachable("Ollama is not reachable") from None
+            raise OllamaBadResponse("The connection to Ollama dropped before it answered") from None
+        except requests.RequestException as exc:
+            raise OllamaBadResponse(f"The call to Ollama failed ({type(exc).__name__})") from None
+
+    @staticmethod
+    def _raise_for_status(response, model):
+        status = response.status_code
+        if status < 400:
+            return
+        message = _error_message(response)
+        log.warning("Ollama answered %s %s: %s", status, response.request.path_url, message)
+        if status == 404:
+            raise ModelNotFound(f"Model {model!r} is not available on the Ollama server" if model else message,
+                                upstream_status=status)
+        if status == 503:
+            raise OllamaBusy("Ollama is busy; try again shortly", upstream_status=status,
+                             retry_after=response.headers.get("Retry-After", "5"))
+        if status == 400:
+            raise OllamaRejected(message or "Ollama rejected the request", upstream_status=status)
+        raise OllamaError(f"Ollama failed with status {status}", upstream_status=status)
+
+
+def _refused(exc: requests.ConnectionError) -> bool:
+    """Tell a connection that never opened from one that dropped after opening."""
+    text = repr(exc)
+    return any(word in text for word in ("NewConnectionError", "NameResolutionError", "Connection refused",
+                                          "Failed to establish", "No route to host"))
+
+
+def _error_message(response) -> str:
+    """Return the text of Ollama's `{"error": ...}` body, or '' when it has none."""
+    try:
+        body = json.loads(response.content[:65536] or b"{}")
+    except ValueError:
+        return ""
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, str) else ""

@@ -1,0 +1,209 @@
+"""Marshmallow schemas: they validate request bodies and, through apispec, document every shape."""
+
+from __future__ import annotations
+
+import re
+
+from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate
+
+_DURATION = re.compile(r"^-?\d+(\.\d+)?(ns|us|µs|ms|s|m|h)?$")
+
+
+class StringOrList(fields.Field):
+    """A string or a list of strings (Ollama's `stop`)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return value
+        raise ValidationError("Must be a string or a list of strings.")
+
+
+class FormatField(fields.Field):
+    """Ollama's `format`: the string "json" or a JSON-schema object."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if value == "json" or isinstance(value, dict):
+            return value
+        raise ValidationError('Must be "json" or a JSON-schema object.')
+
+
+class KeepAliveField(fields.Field):
+    """Ollama's `keep_alive`: a duration string such as "5m", or a number of seconds."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool):
+            raise ValidationError("Must be a duration string or a number of seconds.")
+        if isinstance(value, (int, float)):
+            return value
+        if isinstance(value, str) and _DURATION.match(value):
+            return value
+        raise ValidationError('Must be a duration such as "5m", "1h", "0", or a number of seconds.')
+
+
+class ThinkField(fields.Field):
+    """Ollama's `think`: a boolean, or an effort level for models that take one."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool) or value in ("low", "medium", "high"):
+            return value
+        raise ValidationError('Must be true, false, "low", "medium" or "high".')
+
+
+class StrictInteger(fields.Integer):
+    """An integer that refuses floats and booleans instead of rounding them."""
+
+    def __init__(self, **kwargs):
+        super().__init__(strict=True, **kwargs)
+
+
+class Options(Schema):
+    """Generation options, checked as Ollama documents them."""
+
+    class Meta:
+        unknown = RAISE
+
+    temperature = fields.Float(validate=validate.Range(min=0), metadata={"example": 0.7})
+    top_p = fields.Float(validate=validate.Range(min=0, max=1))
+    top_k = StrictInteger(validate=validate.Range(min=0))
+    min_p = fields.Float(validate=validate.Range(min=0, max=1))
+    typical_p = fields.Float(validate=validate.Range(min=0, max=1))
+    num_predict = StrictInteger(validate=validate.Range(min=-2), metadata={"example": 128})
+    num_ctx = StrictInteger(validate=validate.Range(min=1))
+    num_keep = StrictInteger(validate=validate.Range(min=-1))
+    num_batch = StrictInteger(validate=validate.Range(min=1))
+    num_gpu = StrictInteger(validate=validate.Range(min=-1))
+    main_gpu = StrictInteger(validate=validate.Range(min=0))
+    num_thread = StrictInteger(validate=validate.Range(min=0))
+    use_mmap = fields.Boolean()
+    stop = StringOrList(metadata={"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]})
+    seed = StrictInteger()
+    repeat_penalty = fields.Float(validate=validate.Range(min=0))
+    repeat_last_n = StrictInteger(validate=validate.Range(min=-1))
+    presence_penalty = fields.Float()
+    frequency_penalty = fields.Float()
+
+
+class GenerateRequest(Schema):
+    """Body of /api/llm/generate and /api/llm/stream."""
+
+    class Meta:
+        unknown = RAISE
+
+    model = fields.String(validate=validate.Length(min=1, max=256),
+                          metadata={"description": "Model name; DEFAULT_MODEL when omitted", "example": "llama3.2"})
+    prompt = fields.String(required=True, validate=validate.Length(min=1),
+                           metadata={"example": "Why is the sky blue?"})
+    system = fields.String(metadata={"description": "System prompt overriding the model's"})
+    options = fields.Nested(Options)
+    format = FormatField(metadata={"description": '"json" or a JSON-schema object', "oneOf": [
+        {"type": "string", "enum": ["json"]}, {"type": "object"}]})
+    keep_alive = KeepAliveField(metadata={"description": 'How long the model stays loaded: "5m", "0", -1 or seconds',
+                                          "oneOf": [{"type": "string"}, {"type": "number"}]})
+    think = ThinkField(metadata={"description": "Ask a thinking model to think (thinking text arrives apart)",
+                                 "oneOf": [{"type": "boolean"}, {"type": "string", "enum": ["low", "medium", "high"]}]})
+    stream = fields.Boolean(metadata={"description": "Accepted for compatibility and ignored: the route decides"})
+
+
+def request_schema(schema_class, allow_unknown_options: bool) -> Schema:
+    """Return a schema instance, letting unknown option names through when configured to."""
+    schema = schema_class()
+    if allow_unknown_options and "options" in schema.fields:
+        schema.fields["options"].unknown = INCLUDE
+    return schema
+
+
+class Statistics(Schema):
+    """Timing and token counts Ollama reports at the end of a generation (durations in ns)."""
+
+    done_reason = fields.String(metadata={"example": "stop"})
+    total_duration = fields.Integer(metadata={"example": 5043500667})
+    load_duration = fields.Integer(metadata={"example": 5025959})
+    prompt_eval_count = fields.Integer(metadata={"example": 26})
+    eval_count = fields.Integer(metadata={"example": 290})
+    eval_duration = fields.Integer(metadata={"example": 4709213000})
+
+
+class GenerateResponse(Statistics):
+    """A whole generation."""
+
+    model = fields.String(metadata={"example": "llama3.2"})
+    response = fields.String(metadata={"example": "The sky is blue because of Rayleigh scattering."})
+    done = fields.Boolean(metadata={"example": True})
+
+
+class StreamError(Schema):
+    title = fields.String(metadata={"example": "Ollama timed out"})
+    status = fields.Integer(metadata={"example": 504})
+    detail = fields.String(metadata={"example": "Ollama sent nothing for 300.0 s"})
+
+
+class StreamEvent(Statistics):
+    """The JSON of one SSE `data:` line; exactly one of text, thinking, done or error leads."""
+
+    text = fields.String(metadata={"description": "A piece of the answer", "example": "The"})
+    thinking = fields.String(metadata={"description": "A piece of a thinking model's reasoning"})
+    done = fields.Boolean(metadata={"description": "True on the final event (statistics or error)"})
+    error = fields.Nested(StreamError, metadata={"description": "Why a started stream ended early"})
+
+
+class ModelDetails(Schema):
+    class Meta:
+        unknown = INCLUDE
+
+    parent_model = fields.String()
+    format = fields.String(metadata={"example": "gguf"})
+    family = fields.String(metadata={"example": "llama"})
+    families = fields.List(fields.String())
+    parameter_size = fields.String(metadata={"example": "3.2B"})
+    quantization_level = fields.String(metadata={"example": "Q4_K_M"})
+
+
+class Model(Schema):
+    """One installed model, with every field Ollama sent."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    name = fields.String(metadata={"example": "llama3.2:latest"})
+    model = fields.String(metadata={"example": "llama3.2:latest"})
+    modified_at = fields.String(metadata={"example": "2025-05-04T17:37:44.706015396-07:00"})
+    size = fields.Integer(metadata={"example": 2019393189})
+    digest = fields.String(metadata={"example": "a80c4f17acd55265feec403c7aef86be0c25983ab279d83f3bcd3abbcb5b8b72"})
+    details = fields.Nested(ModelDetails)
+
+
+class ModelsResponse(Schema):
+    models = fields.List(fields.Nested(Model))
+
+
+class Liveness(Schema):
+    status = fields.String(metadata={"example": "ok"})
+    version = fields.String(metadata={"example": "0.1.0"})
+
+
+class OllamaInfo(Schema):
+    url = fields.String(metadata={"example": "http://localhost:11434"})
+    version = fields.String(metadata={"example": "0.12.6"})
+
+
+class Readiness(Schema):
+    status = fields.String(metadata={"example": "healthy"})
+    ollama = fields.Nested(OllamaInfo)
+
+
+class FieldError(Schema):
+    field = fields.String(metadata={"example": "options.temperature"})
+    message = fields.String(metadata={"example": "Must be greater than or equal to 0."})
+
+
+class Problem(Schema):
+    """RFC 9457 problem details: the body of every error."""
+
+    type = fields.String(metadata={"example": "urn:mlops-backend:problem:validation-error"})
+    title = fields.String(metadata={"example": "Invalid request body"})
+    status = fields.Integer(metadata={"example": 422})
+    detail = fields.String(metadata={"example": "Invalid fields: options.temperature"})
+    request_id = fields.String(metadata={"example": "6f1c0a6e1f7c4d0f9d1c2b3a4e5f6a7b"})
+    errors = fields.List(fields.Nested(FieldError), metadata={"description": "One entry per bad field (422 only)"})

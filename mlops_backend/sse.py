@@ -1,0 +1,147 @@
+"""Relay an Ollama NDJSON stream as Server-Sent Events: framing, heartbeats, errors, cleanup."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from flask import Response, request, stream_with_context
+
+from .client_watch import ClientWatch
+from .errors import stream_error_body
+from .ollama import OllamaBadResponse, OllamaError, OllamaStreamError, OllamaTimeout, gevent_active
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "text/event-stream; charset=utf-8"
+# no-cache: proxies and browsers must not store a stream; X-Accel-Buffering: nginx must pass
+# each event on at once even where proxy_buffering is on (its default).
+HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+HEARTBEAT = b": keep-alive\n\n"
+STATISTICS = ("done_reason", "total_duration", "load_duration", "prompt_eval_count", "eval_count", "eval_duration")
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def event(obj) -> bytes:
+    """Frame one object as an SSE event; JSON escapes newlines, so it is always one data line."""
+    return b"data: " + _encode(obj).encode() + b"\n\n"
+
+
+def chunk_events(obj: dict, out: list) -> bool:
+    """Append the events for one upstream object to `out`; return True for the final object."""
+    if "error" in obj:
+        raise OllamaStreamError(str(obj["error"]) or "Ollama reported an error")
+    message = obj.get("message")
+    source = message if isinstance(message, dict) else obj
+    thinking = source.get("thinking")
+    if thinking:
+        out.append(event({"thinking": thinking}))
+    text = source.get("content") if source is message else obj.get("response")
+    if text:
+        out.append(b'data: {"text":' + _encode(text).encode() + b"}\n\n")
+    if source is message and message.get("tool_calls"):
+        out.append(event({"tool_calls": message["tool_calls"]}))
+    if obj.get("done"):
+        final = {"done": True}
+        final.update((key, obj[key]) for key in STATISTICS if key in obj)
+        out.append(event(final))
+        return True
+    return False
+
+
+def stream_response(open_stream, heartbeat: float, status_wait: float) -> Response:
+    """Open the upstream stream and answer with its SSE relay.
+
+    Under gevent the upstream call starts in its own greenlet and we wait `status_wait` for
+    Ollama's status line, so early failures (unknown model, busy, unreachable) still get their
+    HTTP status; past that wait the 200 starts and heartbeats cover Ollama's silence.
+    """
+    if not gevent_active():
+        return _sse(_relay(open_stream(), None, None, heartbeat))
+    import gevent
+
+    opener = gevent.spawn(open_stream)
+    watch = ClientWatch(request.environ, on_gone=lambda: opener.kill(block=False))
+    opener.join(status_wait)
+    if not opener.ready():
+        return _sse(_relay(None, opener, watch, heartbeat))
+    if watch.gone or not opener.successful():
+        watch.stop()
+        if watch.gone:
+            return Response(status=499)
+        raise opener.exception
+    upstream = opener.value
+    watch.on_gone = upstream.interrupt
+    return _sse(_relay(upstream, None, watch, heartbeat))
+
+
+def _sse(body) -> Response:
+    return Response(stream_with_context(body), content_type=CONTENT_TYPE, headers=HEADERS)
+
+
+def _relay(upstream, opener, watch, heartbeat):
+    """Yield the SSE bytes of one stream; it always ends with a done or an error event."""
+    out = []
+    try:
+        if upstream is None:
+            while not opener.ready():
+                yield HEARTBEAT  # the first one also sends the headers, so the client knows we are here
+                opener.join(heartbeat)
+            if watch.gone:
+                return
+            if not opener.successful():
+                raise opener.exception
+            upstream = opener.value
+            watch.on_gone = upstream.interrupt
+        sent = time.monotonic()
+        while True:
+            lines = upstream.read_lines(max(heartbeat - (time.monotonic() - sent), 0.001))
+            if lines is None:
+                raise OllamaBadResponse("Ollama's stream ended before its final message")
+            if lines:
+                for line in lines:
+                    try:
+                        obj = json.loads(line)
+                    except ValueError:
+                        raise OllamaBadResponse("Ollama sent a line that is not JSON") from None
+                    if chunk_events(obj, out):
+                        upstream.clean = True
+                        yield b"".join(out)
+                        return
+                if not out:
+                    continue
+                data, out = b"".join(out), []
+            else:
+                data = HEARTBEAT
+            yield data
+            sent = time.monotonic()
+    except Exception as exc:  # every failure of a started stream becomes its final event
+        if watch is not None and watch.gone:
+            log.info("Client went away; upstream stream closed")
+            return
+        error = _as_ollama_error(exc)
+        log.warning("Stream ended with an error: %s", error.detail)
+        yield b"".join(out) + event(stream_error_body(error))
+    finally:
+        if watch is not None:
+            watch.stop()
+        if opener is not None and not opener.ready():
+            opener.kill(block=False)
+        if upstream is not None:
+            upstream.close()
+
+
+def _as_ollama_error(exc: Exception) -> OllamaError:
+    """Name a failure of a started stream the way the error table does."""
+    if isinstance(exc, OllamaError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return OllamaTimeout(str(exc))
+    if isinstance(exc, (ConnectionError, OSError)):
+        return OllamaBadResponse("The connection to Ollama dropped mid-stream")
+    if isinstance(exc, ValueError):
+        return OllamaBadResponse("Ollama's stream was not valid HTTP chunked framing")
+    log.exception("Unexpected error in a stream")
+    return OllamaError("The stream failed inside the gateway")
