@@ -1,0 +1,226 @@
+"""Command line: ``python -m benchmarks run|upstream-rps``.
+
+    python -m benchmarks run [--scenarios M1,M2,...] [--quick] [--repeat N]
+                             [--out benchmarks/results/latest.json]
+                             [--max-seconds 900] [--direct-only]
+    python -m benchmarks upstream-rps [--seconds 5] [--connections 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import threading
+import time
+
+from . import report, scenarios
+from .procfs import machine_info, nofile_limit
+from .scenarios import RESULTS_DIR, SCENARIOS, Ctx, Env
+
+
+class RunState:
+    def __init__(self, args):
+        self.args = args
+        self.env: Env | None = None
+        self.t0 = time.monotonic()
+        self.started_at = report.now_iso()
+        self.outs: dict = {}  # scenario -> list of out dicts (one per repetition)
+        self.events: list = []
+        self.timed_out = False
+        self.interrupted = False
+        self.error = None
+        self.nofile = None
+        self.pinned = None
+        self.lock = threading.Lock()
+        self.finished = False
+
+    def note(self, msg):
+        self.events.append({"t": round(time.monotonic() - self.t0, 2), "msg": msg})
+        print(f"[{time.monotonic() - self.t0:6.1f}s] {msg}", flush=True)
+
+    def rows(self) -> list:
+        out = []
+        for sc in self.outs:
+            merged = report.merge_rows([o["rows"] for o in self.outs[sc] if o["rows"]])
+            out.extend(report.evaluate(r) for r in merged)
+        return out
+
+    def document(self) -> dict:
+        env = self.env
+        gw = {}
+        if env is not None:
+            gw = {"started": env.gateway_starts, "error": env.gateway_error,
+                  "port": env.gw_port, "notes": env.notes,
+                  "log_tail": scenarios.tail(env.gw_log, 40) if env.gateway_starts else []}
+        return {
+            "date": self.started_at,
+            "machine": machine_info(),
+            "args": vars(self.args),
+            "layout": {"gateway_core": 0 if scenarios.two_cores() else None,
+                       "upstream_core": 1 if scenarios.two_cores() else None,
+                       "harness_pinned_core1": self.pinned,
+                       "nofile_limit": self.nofile},
+            "elapsed_s": round(time.monotonic() - self.t0, 2),
+            "timed_out": self.timed_out, "interrupted": self.interrupted,
+            "error": self.error,
+            "gateway": gw,
+            "table": self.rows(),
+            "scenarios": {sc: [{"details": o["details"], "rows": o["rows"]}
+                               for o in outs] for sc, outs in self.outs.items()},
+            "events": self.events,
+        }
+
+    def finish(self):
+        """Print the table and write the JSON; safe to call from the watchdog."""
+        with self.lock:
+            if self.finished:
+                return
+            self.finished = True
+        doc = self.document()
+        print()
+        print(report.format_table(doc["table"]))
+        if doc["timed_out"]:
+            print(f"\n(stopped by the time limit of {self.args.max_seconds:.0f} s;"
+                  " figures above are what was measured until then)")
+        if doc["gateway"].get("error"):
+            print(f"\ngateway: {doc['gateway']['error']}")
+        report.write_json(self.args.out, doc)
+        print(f"\nresults written to {self.args.out}")
+
+
+async def _run(state: RunState):
+    args = state.args
+    env = Env(args.quick, RESULTS_DIR)
+    state.env = env
+    url = env.start_upstream(args.max_seconds)
+    state.note(f"upstream at {url} (pid {env.upstream.pid})")
+    if not args.direct_only:
+        ok = await env.start_gateway()
+        if ok:
+            ws = env.gateway_workers()
+            state.note(f"gateway at http://127.0.0.1:{env.gw_port} (master {env.gateway.pid},"
+                       f" workers {ws}, worker nofile {nofile_limit(ws[0]) if ws else None})")
+        else:
+            state.note(f"gateway not running, direct figures only: {env.gateway_error}")
+    ctx = Ctx(env, args.quick, args.direct_only)
+    for sc in args.scenario_list:
+        for rep in range(args.repeat):
+            if (not args.direct_only and env.gateway_starts and not env.gateway_alive()):
+                state.note("gateway is down; restarting it")
+                env.notes.append(f"gateway restarted before {sc} run {rep + 1}")
+                if not await env.start_gateway():
+                    state.note(f"gateway restart failed: {env.gateway_error}")
+            out = {"rows": [], "details": {}}
+            state.outs.setdefault(sc, []).append(out)
+            workers_before = env.gateway_workers()
+            state.note(f"{sc} run {rep + 1}/{args.repeat} ...")
+            await SCENARIOS[sc](ctx, out)
+            workers_after = env.gateway_workers()
+            if env.gateway_starts and workers_before != workers_after:
+                msg = (f"{sc}: gateway worker pids changed {workers_before} -> {workers_after}"
+                       " (worker restarted or died)")
+                env.notes.append(msg)
+                out["details"]["worker_change"] = msg
+                state.note(msg)
+            print(report.format_table([report.evaluate(dict(r)) for r in out["rows"]]),
+                  flush=True)
+
+
+async def _run_bounded(state: RunState):
+    budget = state.args.max_seconds - (time.monotonic() - state.t0)
+    try:
+        await asyncio.wait_for(_run(state), max(1.0, budget))
+    except asyncio.TimeoutError:
+        state.timed_out = True
+        state.note("time limit reached; stopping")
+
+
+def cmd_run(args) -> int:
+    names = [s.strip().upper() for s in args.scenarios.split(",") if s.strip()]
+    bad = [s for s in names if s not in SCENARIOS]
+    if bad:
+        print(f"unknown scenarios: {bad}; known: {sorted(SCENARIOS)}", file=sys.stderr)
+        return 2
+    args.scenario_list = names
+    if args.repeat < 1:
+        args.repeat = 1
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    state = RunState(args)
+    state.nofile = scenarios.raise_nofile()
+    state.pinned = scenarios.pin_self(1)
+
+    def hard_stop():
+        state.timed_out = True
+        print("\nhard time limit: killing subprocesses", file=sys.stderr, flush=True)
+        if state.env is not None:
+            state.env.stop_all(grace=1.0)
+        try:
+            state.finish()
+        finally:
+            os._exit(3)
+
+    watchdog = threading.Timer(args.max_seconds + 60, hard_stop)
+    watchdog.daemon = True
+    watchdog.start()
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        asyncio.run(_run_bounded(state))
+    except KeyboardInterrupt:
+        state.interrupted = True
+    except Exception as e:  # report what was measured, then the error
+        state.error = f"{type(e).__name__}: {e}"
+        import traceback
+        traceback.print_exc()
+    finally:
+        if state.env is not None:
+            state.env.stop_all()
+        watchdog.cancel()
+    state.finish()
+    return 1 if state.error else 0
+
+
+def cmd_upstream_rps(args) -> int:
+    snap = asyncio.run(asyncio.wait_for(
+        scenarios.upstream_rps(args.seconds, args.connections, args.seconds + 30),
+        args.seconds + 60))
+    print(f"upstream alone ({snap['layout']}), {args.connections} keep-alive connections,"
+          f" {snap['elapsed']:.1f} s:")
+    print(f"  {snap['rps']:,.0f} requests/s, ok={snap['ok']} bad={snap['bad']},"
+          f" upstream CPU {snap['upstream_cpu_us_per_req']:.1f} us/request,"
+          f" core use {snap['upstream_core_use'] * 100:.0f}%,"
+          f" latency p50 {snap['latency_p50_ms']:.2f} ms p99 {snap['latency_p99_ms']:.2f} ms")
+    return 0 if snap["bad"] == 0 and snap["ok"] > 0 else 1
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run the M1..M5 scenarios, direct and through the gateway")
+    r.add_argument("--scenarios", default=",".join(SCENARIOS),
+                   help="comma-separated subset of M1,M2,M3,M4,M5")
+    r.add_argument("--quick", action="store_true",
+                   help="shorter phases, M4 with 2,000 streams only, 5 M5 trials")
+    r.add_argument("--repeat", type=int, default=1, help="run each scenario N times, report medians")
+    r.add_argument("--out", default=str(RESULTS_DIR / "latest.json"))
+    r.add_argument("--max-seconds", type=float, default=900.0,
+                   help="hard overall time limit; what was measured is still reported")
+    r.add_argument("--direct-only", action="store_true", help="measure the upstream only")
+    u = sub.add_parser("upstream-rps",
+                       help="requests/s of the upstream alone (client on the other core)")
+    u.add_argument("--seconds", type=float, default=5.0)
+    u.add_argument("--connections", type=int, default=32)
+    args = ap.parse_args(argv)
+    if args.cmd == "run":
+        return cmd_run(args)
+    return cmd_upstream_rps(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Shared fixtures: the Ollama double, the real gateway under gunicorn, and an in-process app."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlops_backend import create_app
+from tests.ollama_double import OllamaDouble
+from tests.support import API_KEY, GatewayProcess
+
+
+@pytest.fixture(scope="session")
+def double():
+    """One Ollama double for the session; each test starts from a clean script."""
+    server = OllamaDouble().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _reset_double(request):
+    if "double" in request.fixturenames:
+        request.getfixturevalue("double").reset()
+
+
+@pytest.fixture(scope="session")
+def gateway(double):
+    """The real service: gunicorn with one gevent worker, in front of the double."""
+    process = GatewayProcess(double.url).start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def start_gateway(double):
+    """Start extra gateways with their own settings; all are stopped after the test."""
+    started = []
+
+    def start(**env):
+        process = GatewayProcess(env.pop("OLLAMA_BASE_URL", double.url), **env).start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def app(double):
+    """An in-process app (Flask's test client) for checks that need no real server."""
+    return create_app({"API_KEY": API_KEY, "OLLAMA_BASE_URL": double.url, "DEFAULT_MODEL": "llama3.2"})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
