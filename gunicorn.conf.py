@@ -8,7 +8,12 @@ import multiprocessing
 import os
 import sys
 
+from dotenv import load_dotenv
+
 from mlops_backend.config import Config, ConfigError
+
+# .env feeds both the app's Config and the GUNICORN_* settings below; real variables win.
+load_dotenv(".env", override=False)
 
 # Validate the whole config in the master, before any worker starts: one clear line, no traceback.
 try:

@@ -454,16 +454,15 @@ def test_control_endpoint(double):
 
 
 def test_runs_as_a_process():
-    proc = subprocess.Popen([sys.executable, "-m", "tests.ollama_double", "--port", "0"], cwd=ROOT,
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        ready = select.select([proc.stdout], [], [], 10)[0]
-        assert ready, "the process printed no URL"
-        url = proc.stdout.readline().strip()
-        assert url.startswith("http://127.0.0.1:")
-        assert requests.get(url + "/api/version", timeout=5).json() == {"version": "0.12.6"}
-        requests.post(url + "/_double/script", json={"fault": "busy"}, timeout=5)
-        assert requests.post(url + "/api/generate", json=HELLO, timeout=5).status_code == 503
-    finally:
-        proc.terminate()
-        assert proc.wait(5) == 0
+    with subprocess.Popen([sys.executable, "-m", "tests.ollama_double", "--port", "0"], cwd=ROOT,
+                          stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            assert select.select([proc.stdout], [], [], 10)[0], "the process printed no URL"
+            url = proc.stdout.readline().strip()
+            assert url.startswith("http://127.0.0.1:")
+            assert requests.get(url + "/api/version", timeout=5).json() == {"version": "0.12.6"}
+            requests.post(url + "/_double/script", json={"fault": "busy"}, timeout=5)
+            assert requests.post(url + "/api/generate", json=HELLO, timeout=5).status_code == 503
+        finally:
+            proc.terminate()
+        assert proc.wait(5) == 0, "SIGTERM must stop the server cleanly"

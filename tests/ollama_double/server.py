@@ -58,6 +58,7 @@ class Handler(NativeRoutes, OpenAIRoutes, Transport):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True  # so `--port 11434` can be restarted at once
+    request_queue_size = 512  # the default backlog of 5 drops SYNs under benchmark load
 
     def __init__(self, address, double, verbose=False):
         self.double, self.verbose = double, verbose
