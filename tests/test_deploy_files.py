@@ -1,0 +1,78 @@
+"""Dockerfile, compose file and packaging: no Docker engine runs here, so check their key properties."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tomllib
+
+import requests
+import yaml
+
+from mlops_backend import __version__
+from tests.support import ROOT
+
+
+def dockerfile() -> str:
+    return (ROOT / "Dockerfile").read_text()
+
+
+def test_dockerfile_is_slim_non_root_and_runs_gunicorn():
+    text = dockerfile()
+    final_stage = text[text.rindex("\nFROM "):]
+    assert re.search(r"^FROM python:3\.\d+-slim\s*$", final_stage.strip().splitlines()[0].replace("\nFROM", "FROM"))
+    user = re.search(r"^USER (\S+)", final_stage, re.M).group(1)
+    assert user not in ("root", "0")
+    cmd = json.loads(re.search(r"^CMD (\[.*\])$", final_stage, re.M).group(1))
+    assert cmd == ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
+    for path in ("requirements.txt", "mlops_backend/", "wsgi.py", "gunicorn.conf.py"):
+        assert path in text, path
+    assert "redoc.standalone.js" in final_stage
+
+
+def test_dockerfile_healthcheck_command_works_against_the_real_service(gateway):
+    text = dockerfile()
+    command = json.loads(re.search(r"HEALTHCHECK [^\n]*\\\n\s*CMD (\[.*\])", text).group(1))
+    assert command[0] == "python" and "/health" in command[2]
+    ok = subprocess.run([sys.executable, *command[1:]], env={"PORT": str(gateway.port)}, timeout=10)
+    assert ok.returncode == 0
+    down = subprocess.run([sys.executable, *command[1:]], env={"PORT": "9"}, capture_output=True, timeout=10)
+    assert down.returncode != 0
+
+
+def test_compose_wires_the_gateway_to_ollama():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    ollama, gateway = compose["services"]["ollama"], compose["services"]["gateway"]
+    assert ollama["image"].startswith("ollama/ollama")
+    volume = ollama["volumes"][0].split(":")
+    assert volume[0] in compose["volumes"] and volume[1] == "/root/.ollama"
+    assert "ports" not in ollama  # Ollama is reachable only through the gateway
+    assert gateway["build"] == "."
+    assert gateway["environment"]["OLLAMA_BASE_URL"] == "http://ollama:11434"
+    assert "ollama" in gateway["depends_on"]
+    assert gateway["ports"] == ["8000:8000"]
+    assert "API_KEY" in gateway["environment"]
+
+
+def test_package_version_matches_and_install_gives_the_package(tmp_path):
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["version"] == __version__
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(tmp_path / "site"), str(ROOT)], check=True, timeout=180,
+                   cwd=tmp_path)
+    installed = tmp_path / "site" / "mlops_backend"
+    assert (installed / "__init__.py").exists() and (installed / "blueprints" / "llm.py").exists()
+    out = subprocess.run([sys.executable, "-c", "import mlops_backend, sys; print(mlops_backend.__file__)"],
+                         cwd=tmp_path, env={"PYTHONPATH": str(tmp_path / "site")}, capture_output=True, text=True)
+    assert out.stdout.startswith(str(installed))
+
+
+def test_requirements_are_pinned():
+    for name in ("requirements.txt", "requirements-dev.txt"):
+        for line in (ROOT / name).read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith(("#", "-r")):
+                assert re.match(r"^[A-Za-z0-9._-]+==[\w.]+$", line), line
+    assert requests  # the client library the design card names is importable
