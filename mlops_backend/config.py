@@ -85,7 +85,7 @@ class Config:
     auth_enabled: bool = _setting("AUTH_ENABLED", "true", _boolean, "Require the key on every route but health and docs")
     host: str = _setting("HOST", "0.0.0.0", _text, "Address gunicorn binds")
     port: int = _setting("PORT", "8000", _number(int, 1, 65535), "Port gunicorn binds")
-    debug: bool = _setting("DEBUG", "false", _boolean, "Development mode: allows a missing key, verbose logs")
+    debug: bool = _setting("DEBUG", "false", _boolean, "Development only: start even while API_KEY is empty or the placeholder")
     allowed_origins: tuple = _setting(
         "ALLOWED_ORIGINS", "http://localhost:3000", _origins, "Comma-separated browser origins allowed by CORS"
     )

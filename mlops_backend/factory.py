@@ -93,4 +93,4 @@ def warn_about_config(config: Config) -> None:
     if not config.auth_enabled:
         log.warning("AUTH_ENABLED=false: every route is open to anyone who can reach this server")
     elif config.debug and config.api_key in ("", "your-secret-api-key-change-this"):
-        log.warning("DEBUG=true with no real API_KEY: keyed routes accept only the placeholder or nothing")
+        log.warning("DEBUG=true with no real API_KEY: never run like this where others can reach the gateway")

@@ -24,7 +24,9 @@ class NativeRoutes:
             if model["name"].lower() == wanted:
                 return model
         shown = "" if name is None else name
-        raise ApiError(404, f'model "{shown}" not found, try pulling it first' if embed else f"model '{shown}' not found")
+        # /api/embed still words it the pre-0.12 way (see the reference, section 3.5).
+        message = f'model "{shown}" not found, try pulling it first' if embed else f"model '{shown}' not found"
+        raise ApiError(404, message)
 
     def api_root(self):
         self.send_body(200, b"Ollama is running", "text/plain; charset=utf-8")

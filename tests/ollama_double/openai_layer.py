@@ -78,7 +78,8 @@ class OpenAIRoutes:
             choice = {"index": 0, "message": message, "finish_reason": finish}
         else:
             choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
-        body = {**base, "object": "chat.completion" if chat else "text_completion", "choices": [choice], "usage": usage}
+        kind = "chat.completion" if chat else "text_completion"
+        body = {**base, "object": kind, "choices": [choice], "usage": usage}
         self.finish_unstreamed(script, len(tokens) + 1, body, BAD_SSE[6:].rstrip())
 
     def v1_embeddings(self):
@@ -91,7 +92,8 @@ class OpenAIRoutes:
             raise ApiError(400, "invalid input type")
         data = [{"object": "embedding", "embedding": embed_vector(t), "index": i} for i, t in enumerate(texts)]
         n = sum(len(t.split()) for t in texts)
-        self.send_json({"object": "list", "data": data, "model": name, "usage": {"prompt_tokens": n, "total_tokens": n}})
+        usage = {"prompt_tokens": n, "total_tokens": n}
+        self.send_json({"object": "list", "data": data, "model": name, "usage": usage})
 
 
 def _openai_call(index: int, call: dict) -> dict:
@@ -108,7 +110,8 @@ def _chunks(base, chat, thinking, tokens, tool_calls, finish) -> list:
 
     def chunk(finish_reason=None, text="", **delta):
         if chat:
-            choice = {"index": 0, "delta": {"role": "assistant", "content": text, **delta}, "finish_reason": finish_reason}
+            delta = {"role": "assistant", "content": text, **delta}
+            choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
         else:
             choice = {"text": text, "index": 0, "finish_reason": finish_reason}
         return {**base, "object": kind, "choices": [choice]}

@@ -208,7 +208,10 @@ class Transport(BaseHTTPRequestHandler):
         try:
             self.send_response(200)
             self.send_header("Content-Type", ctype)
-            self.send_header("Transfer-Encoding" if self._chunked else "Connection", "chunked" if self._chunked else "close")
+            if self._chunked:
+                self.send_header("Transfer-Encoding", "chunked")
+            else:
+                self.send_header("Connection", "close")
             self.end_headers()
         except OSError:
             self.close_stream(rec, gone=True)
