@@ -31,12 +31,12 @@ if ((${#missing[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update
     apt-get install -y --no-install-recommends "${missing[@]}"
-fi
 
-# If a packaged nginx service runs anyway (installed earlier, or on a machine with an init
-# system), stop it: the tests need none, and it would hold port 80 for nothing.
-if [[ $(id -u) -eq 0 ]] && pgrep -x nginx >/dev/null 2>&1 && [[ -f /run/nginx.pid ]]; then
-    service nginx stop >/dev/null 2>&1 || true
+    # Should the package scripts have started nginx all the same (a policy-rc.d that allows it),
+    # stop it: the tests need no system nginx, and it would hold port 80 for nothing.
+    if [[ " ${missing[*]} " == *" nginx "* && -s /run/nginx.pid ]] && kill -0 "$(cat /run/nginx.pid)" 2>/dev/null; then
+        service nginx stop 2>/dev/null || /usr/sbin/nginx -s quit 2>/dev/null || true
+    fi
 fi
 
 for binary in /usr/sbin/nginx /usr/bin/chromium; do
