@@ -1,4 +1,9 @@
-"""Talk to Ollama over one pooled requests.Session; plain Python, no Flask."""
+"""Talk to Ollama: plain Python, no Flask; every failure becomes an OllamaError with a kind.
+
+Light calls (version, model lists) go through one pooled requests.Session. Generations and
+streams, the hot paths, go through `upstream.UpstreamPool`, which frames HTTP itself (see
+its docstring for the measured reason).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,9 @@ import logging
 import requests
 from requests.adapters import HTTPAdapter
 
-from .ndjson import NDJSONStream
+import socket
+
+from .upstream import UpstreamClosed, UpstreamPool
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +111,7 @@ class OllamaClient:
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
+        self.pool = UpstreamPool(self.base_url, connect_timeout, max_idle=pool_size)
 
     @classmethod
     def from_config(cls, config) -> OllamaClient:
@@ -111,6 +119,11 @@ class OllamaClient:
         return cls(config.ollama_base_url, connect_timeout=config.ollama_connect_timeout,
                    first_byte_timeout=config.ollama_first_byte_timeout, chunk_timeout=config.ollama_chunk_timeout,
                    request_timeout=config.ollama_request_timeout)
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self.pool.close()
+        self.session.close()
 
     def version(self, timeout: float) -> str:
         """Return Ollama's version, failing within `timeout` seconds whatever Ollama does."""
@@ -126,25 +139,39 @@ class OllamaClient:
 
     def generate(self, payload: dict) -> dict:
         """Run a non-streamed generation and return Ollama's one answer object."""
-        with deadline(self.request_timeout, "The generation"):
-            return self._json("POST", "/api/generate", json={**payload, "stream": False},
-                              timeout=(self.connect_timeout, self.first_byte_timeout), model=payload.get("model"))
+        return self.call("/api/generate", payload)
 
-    def open_stream(self, path: str, payload: dict) -> NDJSONStream:
-        """Start a streamed call; return its body once Ollama has answered with a success status."""
-        response = self._send("POST", path, json={**payload, "stream": True}, stream=True,
-                              timeout=(self.connect_timeout, self.first_byte_timeout))
+    def call(self, path: str, payload: dict) -> dict:
+        """POST `payload` with stream false and return the JSON answer (the fast path)."""
+        model = payload.get("model")
+        with deadline(self.request_timeout, "The call to Ollama"):
+            stream = self.open_stream(path, {**payload, "stream": False})
+            try:
+                while not stream.wait_head(self.first_byte_timeout):
+                    pass
+                body = stream.body()
+            finally:
+                stream.close()
         try:
-            self._raise_for_status(response, payload.get("model"))
-            return NDJSONStream(response, self.chunk_timeout)
-        except BaseException:
-            response.close()
-            raise
+            return json.loads(body)
+        except ValueError:
+            raise OllamaBadResponse(f"Ollama's answer to {path} is not JSON") from None
+
+    def open_stream(self, path: str, payload: dict) -> OllamaStream:
+        """Send a call (streamed unless `payload` says otherwise); its answer is read from the result."""
+        body = json.dumps({"stream": True, **payload}).encode()
+        try:
+            exchange = self.pool.request("POST", path, body)
+        except socket.timeout:
+            raise OllamaUnreachable(f"No connection to Ollama within {self.connect_timeout:g} s") from None
+        except OSError:
+            raise OllamaUnreachable("Ollama is not reachable") from None
+        return OllamaStream(self, exchange, payload.get("model"))
 
     def _json(self, method, path, *, model=None, **kwargs):
         response = self._send(method, path, **kwargs)
         with response:
-            self._raise_for_status(response, model)
+            _raise_for_status(response.status_code, response.headers, response.content, path, model)
             try:
                 return response.json()
             except ValueError:
@@ -164,22 +191,83 @@ class OllamaClient:
         except requests.RequestException as exc:
             raise OllamaBadResponse(f"The call to Ollama failed ({type(exc).__name__})") from None
 
-    @staticmethod
-    def _raise_for_status(response, model):
-        status = response.status_code
-        if status < 400:
-            return
-        message = _error_message(response)
-        log.warning("Ollama answered %s %s: %s", status, response.request.path_url, message)
-        if status == 404:
-            raise ModelNotFound(f"Model {model!r} is not available on the Ollama server" if model else message,
-                                upstream_status=status)
-        if status == 503:
-            raise OllamaBusy("Ollama is busy; try again shortly", upstream_status=status,
-                             retry_after=response.headers.get("Retry-After", "5"))
-        if status == 400:
-            raise OllamaRejected(message or "Ollama rejected the request", upstream_status=status)
-        raise OllamaError(f"Ollama failed with status {status}", upstream_status=status)
+
+class OllamaStream:
+    """A call on the fast path: wait for its head, then read its NDJSON lines or its body.
+
+    Transport failures come out as OllamaErrors, so callers handle one family of errors.
+    """
+
+    __slots__ = ("_client", "_exchange", "_model")
+
+    def __init__(self, client: OllamaClient, exchange, model):
+        self._client, self._exchange, self._model = client, exchange, model
+
+    def wait_head(self, wait: float) -> bool:
+        """Wait up to `wait` s for the status line; raise the mapped error for a failure status."""
+        exchange = self._exchange
+        try:
+            if not exchange.wait_head(wait, self._client.first_byte_timeout):
+                return False
+            if exchange.status >= 400:
+                body = exchange.read_body(self._client.chunk_timeout)
+                _raise_for_status(exchange.status, exchange.headers, body, "", self._model)
+        except OSError as exc:
+            raise _transport_error(exc, self._client.first_byte_timeout) from None
+        except ValueError:
+            raise OllamaBadResponse("Ollama's answer is not valid HTTP") from None
+        return True
+
+    def read_lines(self, wait: float) -> list[bytes] | None:
+        """Return the next lines; [] after `wait` seconds of silence; None at the end of the body."""
+        try:
+            return self._exchange.read_lines(wait, self._client.chunk_timeout)
+        except OSError as exc:
+            raise _transport_error(exc, self._client.chunk_timeout) from None
+        except ValueError:
+            raise OllamaBadResponse("Ollama's stream was not valid HTTP chunked framing") from None
+
+    def body(self) -> bytes:
+        """Read the whole body of a non-streamed answer."""
+        try:
+            return self._exchange.read_body(self._client.chunk_timeout)
+        except OSError as exc:
+            raise _transport_error(exc, self._client.chunk_timeout) from None
+        except ValueError:
+            raise OllamaBadResponse("Ollama's answer is not valid HTTP") from None
+
+    def interrupt(self) -> None:
+        """Stop the call now, from any greenlet or the gevent hub; Ollama stops generating."""
+        self._exchange.interrupt()
+
+    def close(self) -> None:
+        """Release the connection (back to the pool only after a complete answer)."""
+        self._exchange.close()
+
+
+def _transport_error(exc: OSError, limit: float) -> OllamaError:
+    if isinstance(exc, TimeoutError):
+        return OllamaTimeout(f"Ollama sent nothing for {limit:g} s")
+    if isinstance(exc, UpstreamClosed):
+        return OllamaBadResponse("The connection to Ollama dropped before it answered")
+    return OllamaBadResponse("The connection to Ollama dropped mid-response")
+
+
+def _raise_for_status(status: int, headers, body: bytes, path: str, model) -> None:
+    """Raise the OllamaError for a failure status (Ollama's error text is logged, not shown)."""
+    if status < 400:
+        return
+    message = _error_message(body)
+    log.warning("Ollama answered %s %s: %s", status, path, message)
+    if status == 404:
+        raise ModelNotFound(f"Model {model!r} is not available on the Ollama server" if model else message,
+                            upstream_status=status)
+    if status == 503:
+        raise OllamaBusy("Ollama is busy; try again shortly", upstream_status=status,
+                         retry_after=headers.get("Retry-After") or headers.get("retry-after") or "5")
+    if status == 400:
+        raise OllamaRejected(message or "Ollama rejected the request", upstream_status=status)
+    raise OllamaError(f"Ollama failed with status {status}", upstream_status=status)
 
 
 def _refused(exc: requests.ConnectionError) -> bool:
@@ -189,10 +277,10 @@ def _refused(exc: requests.ConnectionError) -> bool:
                                           "Failed to establish", "No route to host"))
 
 
-def _error_message(response) -> str:
+def _error_message(content: bytes) -> str:
     """Return the text of Ollama's `{"error": ...}` body, or '' when it has none."""
     try:
-        body = json.loads(response.content[:65536] or b"{}")
+        body = json.loads(content[:65536] or b"{}")
     except ValueError:
         return ""
     error = body.get("error") if isinstance(body, dict) else None

@@ -10,7 +10,7 @@ from flask import Response, request, stream_with_context
 
 from .client_watch import ClientWatch
 from .errors import stream_error_body
-from .ollama import OllamaBadResponse, OllamaError, OllamaStreamError, OllamaTimeout, gevent_active
+from .ollama import OllamaBadResponse, OllamaError, OllamaStreamError, OllamaTimeout
 
 log = logging.getLogger(__name__)
 
@@ -52,52 +52,37 @@ def chunk_events(obj: dict, out: list) -> bool:
 
 
 def stream_response(open_stream, heartbeat: float, status_wait: float) -> Response:
-    """Open the upstream stream and answer with its SSE relay.
+    """Start the upstream call and answer with its SSE relay.
 
-    Under gevent the upstream call starts in its own greenlet and we wait `status_wait` for
-    Ollama's status line, so early failures (unknown model, busy, unreachable) still get their
-    HTTP status; past that wait the 200 starts and heartbeats cover Ollama's silence.
+    We wait up to `status_wait` for Ollama's status line, so early failures (unknown model,
+    busy, unreachable) keep their HTTP status; past that the 200 starts and heartbeats cover
+    Ollama's silence. A watch on the client's socket interrupts the upstream call the moment
+    the client leaves, in either phase.
     """
-    if not gevent_active():
-        return _sse(_relay(open_stream(), None, None, heartbeat))
-    import gevent
-
-    opener = gevent.spawn(open_stream)
-    watch = ClientWatch(request.environ, on_gone=lambda: opener.kill(block=False))
-    opener.join(status_wait)
-    if not opener.ready():
-        return _sse(_relay(None, opener, watch, heartbeat))
-    if watch.gone or not opener.successful():
+    stream = open_stream()
+    watch = ClientWatch(request.environ, stream.interrupt)
+    try:
+        ready = stream.wait_head(status_wait)
+    except BaseException:
         watch.stop()
+        stream.close()
         if watch.gone:
             return Response(status=499)
-        raise opener.exception
-    upstream = opener.value
-    watch.on_gone = upstream.interrupt
-    return _sse(_relay(upstream, None, watch, heartbeat))
+        raise
+    return Response(stream_with_context(_relay(stream, ready, watch, heartbeat)), content_type=CONTENT_TYPE,
+                    headers=HEADERS)
 
 
-def _sse(body) -> Response:
-    return Response(stream_with_context(body), content_type=CONTENT_TYPE, headers=HEADERS)
-
-
-def _relay(upstream, opener, watch, heartbeat):
+def _relay(stream, ready, watch, heartbeat):
     """Yield the SSE bytes of one stream; it always ends with a done or an error event."""
     out = []
     try:
-        if upstream is None:
-            while not opener.ready():
-                yield HEARTBEAT  # the first one also sends the headers, so the client knows we are here
-                opener.join(heartbeat)
-            if watch.gone:
-                return
-            if not opener.successful():
-                raise opener.exception
-            upstream = opener.value
-            watch.on_gone = upstream.interrupt
+        while not ready:
+            yield HEARTBEAT  # the first one also sends our headers: the client knows we are here
+            ready = stream.wait_head(heartbeat)
         sent = time.monotonic()
         while True:
-            lines = upstream.read_lines(max(heartbeat - (time.monotonic() - sent), 0.001))
+            lines = stream.read_lines(max(heartbeat - (time.monotonic() - sent), 0.001))
             if lines is None:
                 raise OllamaBadResponse("Ollama's stream ended before its final message")
             if lines:
@@ -107,7 +92,6 @@ def _relay(upstream, opener, watch, heartbeat):
                     except ValueError:
                         raise OllamaBadResponse("Ollama sent a line that is not JSON") from None
                     if chunk_events(obj, out):
-                        upstream.clean = True
                         yield b"".join(out)
                         return
                 if not out:
@@ -118,19 +102,15 @@ def _relay(upstream, opener, watch, heartbeat):
             yield data
             sent = time.monotonic()
     except Exception as exc:  # every failure of a started stream becomes its final event
-        if watch is not None and watch.gone:
-            log.info("Client went away; upstream stream closed")
+        if watch.gone:
+            log.info("Client went away; upstream call closed")
             return
         error = _as_ollama_error(exc)
         log.warning("Stream ended with an error: %s", error.detail)
         yield b"".join(out) + event(stream_error_body(error))
     finally:
-        if watch is not None:
-            watch.stop()
-        if opener is not None and not opener.ready():
-            opener.kill(block=False)
-        if upstream is not None:
-            upstream.close()
+        watch.stop()
+        stream.close()
 
 
 def _as_ollama_error(exc: Exception) -> OllamaError:

@@ -47,9 +47,20 @@ def start_gateway(double):
 
 
 @pytest.fixture
-def app(double):
+def close_apps():
+    """Close the Ollama connections of in-process apps a test builds (they pool sockets)."""
+    apps = []
+    yield apps.append
+    for built in apps:
+        built.extensions["mlops_backend"].ollama.close()
+
+
+@pytest.fixture
+def app(double, close_apps):
     """An in-process app (Flask's test client) for checks that need no real server."""
-    return create_app({"API_KEY": API_KEY, "OLLAMA_BASE_URL": double.url, "DEFAULT_MODEL": "llama3.2"})
+    built = create_app({"API_KEY": API_KEY, "OLLAMA_BASE_URL": double.url, "DEFAULT_MODEL": "llama3.2"})
+    close_apps(built)
+    return built
 
 
 @pytest.fixture

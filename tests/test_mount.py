@@ -24,8 +24,10 @@ def host_app(double):
     return app
 
 
-def test_host_routes_and_ours_work_side_by_side(double):
-    client = host_app(double).test_client()
+def test_host_routes_and_ours_work_side_by_side(double, close_apps):
+    app = host_app(double)
+    close_apps(app)
+    client = app.test_client()
     assert client.get("/hello").get_data(as_text=True) == "hello from the host app"
     assert client.get("/ai/health").get_json()["status"] == "ok"
     assert client.get("/ai/api/llm/models", headers={"X-API-Key": API_KEY}).status_code == 200
@@ -33,8 +35,9 @@ def test_host_routes_and_ours_work_side_by_side(double):
     assert response.get_json()["response"] == "You said: hi"
 
 
-def test_our_auth_and_errors_apply_only_to_our_routes(double):
+def test_our_auth_and_errors_apply_only_to_our_routes(double, close_apps):
     app = host_app(double)
+    close_apps(app)
     client = app.test_client()
     assert client.get("/hello").status_code == 200  # no key needed on the host's own route
     denied = client.get("/ai/api/llm/models")

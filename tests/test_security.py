@@ -51,8 +51,9 @@ def test_wrong_scheme_is_refused(client):
     assert client.get("/api/llm/models", headers={"Authorization": f"Basic {API_KEY}"}).status_code == 401
 
 
-def test_auth_disabled_opens_routes_and_warns(double, caplog):
+def test_auth_disabled_opens_routes(double, close_apps):
     app = create_app({"AUTH_ENABLED": "false", "OLLAMA_BASE_URL": double.url})
+    close_apps(app)
     assert app.test_client().get("/api/llm/models").status_code == 200
 
 
