@@ -17,6 +17,7 @@ import threading
 import time
 
 from . import report, scenarios
+from . import procfs
 from .procfs import machine_info, nofile_limit
 from .scenarios import RESULTS_DIR, SCENARIOS, Ctx, Env
 
@@ -85,10 +86,42 @@ class RunState:
         if doc["timed_out"]:
             print(f"\n(stopped by the time limit of {self.args.max_seconds:.0f} s;"
                   " figures above are what was measured until then)")
+        for n in doc["gateway"].get("notes") or []:
+            print(f"note: {n}")
         if doc["gateway"].get("error"):
             print(f"\ngateway: {doc['gateway']['error']}")
         report.write_json(self.args.out, doc)
         print(f"\nresults written to {self.args.out}")
+
+
+def _our_cpu(env: Env) -> dict:
+    """CPU readings of every process of this run (harness, upstream, gateway tree)."""
+    out = {("self", os.getpid()): procfs.cpu_seconds(os.getpid()) or 0.0,
+           ("gw-retired", 0): env.gw_cpu_retired}
+    for pid, c in env.upstream_cpu().items():
+        out[("up", pid)] = c
+    for pid, c in env.gateway_cpu().items():
+        out[("gw", pid)] = c
+    return out
+
+
+def _foreign_cpu(state, env, sc, out, busy0, ours0, t0):
+    """Warn when other processes used the CPUs during a scenario."""
+    busy1, ours1 = procfs.system_busy_seconds(), _our_cpu(env)
+    wall = time.monotonic() - t0
+    if busy0 is None or busy1 is None or wall <= 0:
+        return
+    ours = sum(ours1.values()) - sum(ours0.values())
+    foreign = max(0.0, (busy1 - busy0) - ours)
+    share = foreign / wall
+    out["details"]["foreign_cpu"] = {"seconds": round(foreign, 2), "wall_s": round(wall, 2),
+                                     "share_of_one_core": round(share, 3),
+                                     "loadavg": procfs.loadavg()}
+    if share > 0.10:
+        msg = (f"{sc}: other processes used {share * 100:.0f}% of a core during the run;"
+               " figures may be perturbed")
+        env.notes.append(msg)
+        state.note(msg)
 
 
 async def _run(state: RunState):
@@ -116,10 +149,16 @@ async def _run(state: RunState):
             out = {"rows": [], "details": {}}
             state.outs.setdefault(sc, []).append(out)
             workers_before = env.gateway_workers()
+            starts_before = env.gateway_starts
             state.note(f"{sc} run {rep + 1}/{args.repeat} ...")
-            await SCENARIOS[sc](ctx, out)
+            busy0, ours0, t0 = procfs.system_busy_seconds(), _our_cpu(env), time.monotonic()
+            try:
+                await SCENARIOS[sc](ctx, out)
+            finally:
+                _foreign_cpu(state, env, sc, out, busy0, ours0, t0)
             workers_after = env.gateway_workers()
-            if env.gateway_starts and workers_before != workers_after:
+            if (env.gateway_starts and env.gateway_starts == starts_before
+                    and workers_before != workers_after):
                 msg = (f"{sc}: gateway worker pids changed {workers_before} -> {workers_after}"
                        " (worker restarted or died)")
                 env.notes.append(msg)

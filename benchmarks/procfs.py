@@ -89,6 +89,27 @@ def cpu_delta(before: dict, after: dict) -> float:
     return total
 
 
+def system_busy_seconds():
+    """CPU seconds all processes spent busy (every core), from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            parts = f.readline().split()
+    except OSError:
+        return None
+    # cpu user nice system idle iowait irq softirq steal ...
+    vals = [int(x) for x in parts[1:]]
+    busy = vals[0] + vals[1] + vals[2] + sum(vals[5:8])
+    return busy / CLK_TCK
+
+
+def loadavg():
+    try:
+        with open("/proc/loadavg") as f:
+            return [float(x) for x in f.read().split()[:3]]
+    except (OSError, ValueError):
+        return None
+
+
 def rss_kb(pid: int):
     try:
         with open(f"/proc/{pid}/status") as f:

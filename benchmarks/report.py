@@ -65,7 +65,7 @@ def evaluate(r: dict) -> dict:
 def _num(v) -> str:
     if v is None:
         return "-"
-    if isinstance(v, int) or (isinstance(v, float) and v.is_integer() and abs(v) >= 100):
+    if isinstance(v, int) or (isinstance(v, float) and v.is_integer() and (abs(v) >= 100 or v == 0)):
         return f"{int(v):,}"
     a = abs(v)
     if a >= 1000:

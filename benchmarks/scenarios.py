@@ -15,6 +15,8 @@ reports what it measured.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import json
 import os
 import resource
 import select
@@ -77,6 +79,17 @@ def raise_nofile() -> tuple:
         except (ValueError, OSError):
             continue
     return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def _die_with_parent(sig):
+    """preexec_fn: have the kernel send ``sig`` to the child if this harness dies."""
+    def setup():
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(sig), 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    return setup
 
 
 def free_port() -> int:
@@ -144,6 +157,7 @@ class Env:
         self.notes: list = []
         self.gateway_error = None
         self.gateway_starts = 0
+        self.gw_cpu_retired = 0.0  # CPU seconds of gateways already stopped
 
     # -- upstream ---------------------------------------------------------------
     def start_upstream(self, max_seconds: float):
@@ -152,7 +166,8 @@ class Env:
                             "--parent-pid", str(os.getpid())]
         err = open(self.up_log, "wb")
         self.upstream = subprocess.Popen(cmd, cwd=str(REPO_ROOT), stdout=subprocess.PIPE,
-                                         stderr=err, start_new_session=True)
+                                         stderr=err, start_new_session=True,
+                                         preexec_fn=_die_with_parent(signal.SIGTERM))
         err.close()
         ready, _, _ = select.select([self.upstream.stdout], [], [], 15)
         if not ready:
@@ -185,9 +200,12 @@ class Env:
         log = open(self.gw_log, mode)
         log.write(f"--- start {time.strftime('%H:%M:%S')}: {' '.join(cmd)}\n".encode())
         log.flush()
+        # RLIMIT_NOFILE: the gateway inherits the limit raise_nofile() set in this process
+        # (the same effect as a `ulimit -n` wrapper).  SIGINT is gunicorn's quick shutdown.
         self.gateway = subprocess.Popen(cmd, cwd=str(REPO_ROOT), env=env,
                                         stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
+                                        stdin=subprocess.DEVNULL, start_new_session=True,
+                                        preexec_fn=_die_with_parent(signal.SIGINT))
         log.close()
         self.gateway_starts += 1
         end = _now() + timeout
@@ -212,6 +230,11 @@ class Env:
         self.stop_gateway()
         return False
 
+    async def restart_gateway(self) -> bool:
+        self.stop_gateway()
+        self.notes.append(f"gateway restarted at {time.strftime('%H:%M:%S')} (fresh worker)")
+        return await self.start_gateway()
+
     def gateway_alive(self) -> bool:
         return self.gateway is not None and self.gateway.poll() is None
 
@@ -233,13 +256,14 @@ class Env:
         return sum(vals) if vals else None
 
     @staticmethod
-    def _kill(p: subprocess.Popen | None, grace: float = 5.0):
+    def _kill(p: subprocess.Popen | None, grace: float = 5.0, sig=signal.SIGTERM):
+        """Stop one of our subprocesses and its process group (its own session)."""
         if p is None or p.poll() is not None:
             return
         try:
-            os.killpg(p.pid, signal.SIGTERM)
+            os.killpg(p.pid, sig)
         except (ProcessLookupError, PermissionError):
-            p.terminate()
+            p.send_signal(sig)
         try:
             p.wait(grace)
         except subprocess.TimeoutExpired:
@@ -253,18 +277,19 @@ class Env:
                 pass
 
     def stop_gateway(self):
-        self._kill(self.gateway)
+        if self.gateway_alive():
+            self.gw_cpu_retired += sum(self.gateway_cpu().values())
+        self._kill(self.gateway, sig=signal.SIGINT)
         self.gateway = None
 
     def stop_all(self, grace: float = 5.0):
-        self._kill(self.gateway, grace)
+        self._kill(self.gateway, grace, sig=signal.SIGINT)
         self._kill(self.upstream, grace)
         if self.upstream is not None and self.upstream.stdout:
             self.upstream.stdout.close()
 
     # -- upstream control ----------------------------------------------------------
     async def up_get(self, path):
-        import json
         st, _, body = await loadgen.http_request(HOST, self.up_port, "GET", path, timeout=10)
         if st != 200:
             raise RuntimeError(f"upstream {path}: {st}")
@@ -350,14 +375,13 @@ async def scenario_m1(ctx: Ctx, out: dict):
 
     def validate(body):
         try:
-            import json
             obj = json.loads(body)
         except ValueError:
             return False
         return isinstance(obj, dict) and obj.get("done") is True and obj.get("response") == expect
 
-    async def measure(port, request, cpu_fn):
-        load = loadgen.NonStreamLoad(HOST, port, request, conns, validate)
+    async def measure(port, request, cpu_fn, check=validate):
+        load = loadgen.NonStreamLoad(HOST, port, request, conns, check)
         await load.start()
         await asyncio.sleep(warmup)
         load.reset()
@@ -388,12 +412,19 @@ async def scenario_m1(ctx: Ctx, out: dict):
                                       gateway_body(n), GATEWAY_HEADERS)
         g = await measure(env.gw_port, g_req, env.gateway_cpu)
         out["details"]["gateway"] = g
-        out["rows"] = _m1_rows(d, g)
+        # The floor: the same stack answering GET /health (no body, no Ollama call), to show
+        # how much of M1 is gunicorn + Flask themselves.
+        h_req = loadgen.build_request("GET", "/health", HOST, env.gw_port, None, {})
+        floor = await measure(env.gw_port, h_req, env.gateway_cpu, check=lambda body: b'"ok"' in body)
+        out["details"]["gateway_health_floor"] = floor
+        out["rows"] = _m1_rows(d, g, floor)
 
 
-def _m1_rows(d, g):
+def _m1_rows(d, g, floor=None):
     g = g or {}
+    floor = floor or {}
     return [
+        row("M1.floor", "M1 floor: CPU per GET /health", "us", None, floor.get("cpu_us_per_req")),
         row("M1.rps", "M1 requests/s, 32 conns", "req/s", d.get("rps"), g.get("rps"),
             compare="ratio"),
         row("M1.cpu", "M1 CPU per request", "us", d.get("cpu_us_per_req"),
@@ -514,42 +545,46 @@ async def scenario_m4(ctx: Ctx, out: dict):
 
     async def measure(count, port, request, pid_rss, cpu_fn):
         open_time = (count // batch) * batch_interval
-        timeout = open_time + (first + n * delay) / 1000 + 40
+        timeout = open_time + (first + n * delay) / 1000 + max(40.0, count * 0.006)
         rss_before = pid_rss()
         c0 = cpu_fn()
         ss = loadgen.StreamSet(HOST, port, request, count, n, batch=batch,
                                batch_interval=batch_interval, timeout=timeout)
         task = asyncio.create_task(ss.run())
-        rss_open = None
-        open_at_sample = None
+        # RSS is sampled every 0.25 s; the figure is the median of the samples taken while
+        # the most streams were open (response started, none finished yet), ideally all.
+        samples = []
         rss_peak = rss_before or 0
         t_start = _now()
         try:
             while not task.done():
                 await asyncio.sleep(0.25)
                 r = pid_rss()
-                if r:
-                    rss_peak = max(rss_peak, r)
+                if r is None:
+                    continue
+                rss_peak = max(rss_peak, r)
                 st = ss.stats
-                if rss_open is None and ss.t_all_started is not None:
-                    waited = _now() - ss.t_all_started
-                    settled = st.first_token + (st.finished) >= count
-                    if settled or waited > 3.0:
-                        rss_open = r
-                        open_at_sample = st.headers - st.finished
+                open_now = st.headers - st.finished
+                if st.finished == 0 and open_now > 0:
+                    samples.append((open_now, r, _now() - t_start))
             results = task.result()
         except BaseException:
             task.cancel()
             raise
         c1 = cpu_fn()
+        best_open = max((x[0] for x in samples), default=0)
+        at_best = [x for x in samples if x[0] == best_open]
+        rss_open = median([x[1] for x in at_best]) if at_best else None
+        t_best = [round(at_best[0][2], 2), round(at_best[-1][2], 2)] if at_best else None
         s = stream_summary(results)
         cpu = procfs.cpu_delta(c0, c1)
         s.update({"count": count, "rss_before_kb": rss_before, "rss_open_kb": rss_open,
-                  "rss_peak_kb": rss_peak, "open_at_sample": open_at_sample,
-                  "elapsed_s": _now() - t_start, "cpu_s": cpu,
+                  "rss_peak_kb": rss_peak, "open_at_sample": best_open if best_open > 0 else None,
+                  "sampled_between_s": t_best, "samples_at_most_open": len(at_best), "elapsed_s": _now() - t_start, "cpu_s": cpu,
+                  "stream_timeout_s": timeout,
                   "cpu_us_per_token": cpu / s["tokens"] * 1e6 if s["tokens"] else None})
-        if rss_open is not None and rss_before is not None and open_at_sample:
-            s["rss_kb_per_stream"] = (rss_open - rss_before) / open_at_sample
+        if rss_open is not None and rss_before is not None and best_open > 0:
+            s["rss_kb_per_stream"] = (rss_open - rss_before) / best_open
         else:
             s["rss_kb_per_stream"] = None
         return s
@@ -562,6 +597,13 @@ async def scenario_m4(ctx: Ctx, out: dict):
         rows = _m4_rows(count, d, None)
         out["rows"].extend(rows)
         if ctx.gateway:
+            # a fresh worker, warmed up, so that "RSS before" is not memory that an
+            # earlier phase left behind
+            if await env.restart_gateway():
+                await _warm_gateway(env)
+            else:
+                out["details"][f"gateway_{key}_restart_failed"] = env.gateway_error
+                break
             g = await measure(count, env.gw_port, gateway_stream_req(env, n, first, delay),
                               env.worker_rss_kb, env.gateway_cpu)
             out["details"][f"gateway_{key}"] = g
@@ -571,6 +613,18 @@ async def scenario_m4(ctx: Ctx, out: dict):
                 out["details"][f"gateway_{key}_died"] = True
                 break
         await asyncio.sleep(1.0)
+
+
+async def _warm_gateway(env: Env):
+    """A few streams and requests, so that lazily allocated state exists before a baseline."""
+    req = gateway_stream_req(env, 20)
+    await asyncio.gather(*(loadgen.run_stream(HOST, env.gw_port, req, 20, timeout=20)
+                           for _ in range(50)))
+    greq = loadgen.build_request("POST", GATEWAY_GENERATE, HOST, env.gw_port,
+                                 gateway_body(10), GATEWAY_HEADERS)
+    for _ in range(20):
+        await loadgen.run_stream(HOST, env.gw_port, greq, None, timeout=20)
+    await asyncio.sleep(0.5)
 
 
 def _m4_rows(count, d, g):
@@ -610,9 +664,8 @@ async def _find_record(env: Env, tag: str, since_id: int, t_from: float, wait: f
 
 
 async def _last_id(env: Env) -> int:
-    data = await env.up_get("/_bench/streams")
-    ids = [s["id"] for s in data.get("streams", [])]
-    return max(ids) if ids else 0
+    data = await env.up_get("/_bench/streams?summary=1")
+    return int(data["last_id"])
 
 
 async def scenario_m5(ctx: Ctx, out: dict):

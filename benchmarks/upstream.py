@@ -183,7 +183,8 @@ class ServerState:
         since = int(query.get("since", "0") or 0)
         recs = self.records
         active = sum(1 for r in recs if r.ended is None)
-        out = {"now": _now(), "pid": os.getpid(), "requests": self.requests,
+        out = {"now": _now(), "pid": os.getpid(), "last_id": self.next_id - 1,
+               "requests": self.requests,
                "fast_requests": self.fast_requests, "recorded": len(recs),
                "dropped": self.dropped, "active": active,
                "completed": sum(1 for r in recs if r.completed),

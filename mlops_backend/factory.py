@@ -42,6 +42,7 @@ def init_gateway(app: Flask, url_prefix: str = "", config: Config | dict | None 
     """
     config = _as_config(config)
     register_gateway(app, config, url_prefix)
+    register_request_hooks(app, scoped=True)
     prefix = url_prefix.rstrip("/")
     cors.init_app(app, resources={rf"{prefix}/api/*": _cors_options(config)})
     warn_about_config(config)
@@ -65,10 +66,14 @@ def register_gateway(app: Flask, config: Config, url_prefix: str = "") -> None:
         app.register_blueprint(blueprint, url_prefix=url_prefix or None)
 
 
-def register_request_hooks(app: Flask) -> None:
-    """Give every response of the app, errors and unknown routes included, a request id."""
-    app.before_request(assign_request_id)
-    app.after_request(add_request_id_header)
+def register_request_hooks(app: Flask, scoped: bool = False) -> None:
+    """Give responses a request id: every response of our app, or only our blueprints' when mounted."""
+    from .blueprints import BLUEPRINTS
+
+    for key in [bp.name for bp in BLUEPRINTS] if scoped else [None]:
+        # Ours run first, so even a 401 from the key check carries the id.
+        app.before_request_funcs.setdefault(key, []).insert(0, assign_request_id)
+        app.after_request_funcs.setdefault(key, []).append(add_request_id_header)
 
 
 def register_cors(app: Flask, config: Config) -> None:

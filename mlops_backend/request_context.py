@@ -14,8 +14,6 @@ _VALID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 def assign_request_id() -> None:
     """Keep a well-formed incoming X-Request-ID (from nginx, say), or make a new one."""
-    if "request_id" in g:
-        return
     incoming = request.headers.get(HEADER, "")
     g.request_id = incoming if _VALID.match(incoming) else uuid.uuid4().hex
 

@@ -69,8 +69,9 @@ def stream_response(open_stream, heartbeat: float, status_wait: float) -> Respon
         if watch.gone:
             return Response(status=499)
         raise
+    # direct_passthrough: our events are bytes already, so Werkzeug need not re-encode each one.
     return Response(stream_with_context(_relay(stream, ready, watch, heartbeat)), content_type=CONTENT_TYPE,
-                    headers=HEADERS)
+                    headers=HEADERS, direct_passthrough=True)
 
 
 def _relay(stream, ready, watch, heartbeat):

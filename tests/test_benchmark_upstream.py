@@ -35,6 +35,8 @@ def upstream():
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+        proc.stdout.close()
+        proc.stderr.close()
 
 
 def _request(port, method, path, body=None):

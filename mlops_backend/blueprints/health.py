@@ -8,11 +8,8 @@ from .. import __version__
 from ..errors import problem_response, register_error_handlers
 from ..extensions import current_gateway
 from ..ollama import OllamaError
-from ..request_context import add_request_id_header, assign_request_id
 
 bp = Blueprint("health", __name__)
-bp.before_request(assign_request_id)
-bp.after_request(add_request_id_header)
 register_error_handlers(bp)
 
 

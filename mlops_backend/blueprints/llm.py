@@ -9,10 +9,8 @@ from .. import sse
 from ..auth import require_api_key
 from ..errors import ApiError, register_error_handlers
 from ..extensions import current_gateway
-from ..request_context import add_request_id_header, assign_request_id
 
 bp = Blueprint("llm", __name__)
-bp.after_request(add_request_id_header)
 register_error_handlers(bp)
 
 GENERATE_FIELDS = ("model", "response", "thinking", "done", "done_reason", "total_duration", "load_duration",
@@ -21,8 +19,7 @@ GENERATE_FIELDS = ("model", "response", "thinking", "done", "done_reason", "tota
 
 @bp.before_request
 def guard():
-    """Name the request, cap its body, then check its key."""
-    assign_request_id()
+    """Cap the body, then check the key (the request id is assigned before, so a 401 carries it)."""
     gateway = current_gateway()
     request.max_content_length = gateway.config.max_body_bytes
     require_api_key(gateway.config)
