@@ -45,7 +45,8 @@ loglevel = _config.log_level.lower()
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-")
 errorlog = "-"
 # %({x-request-id}o)s is the id the app put on the response: the same one its own log lines carry.
-access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(M)sms rid=%({x-request-id}o)s ua="%(a)s"'
+# fwd= is the client address nginx forwards (X-Forwarded-For), since %(h)s is nginx itself there.
+access_log_format = '%(h)s fwd=%({x-forwarded-for}i)s "%(r)s" %(s)s %(B)s %(M)sms rid=%({x-request-id}o)s ua="%(a)s"'
 # gunicorn's control socket (a file under $HOME) is not needed to run the gateway; containers
 # and read-only homes are simpler without it.
 control_socket_disable = True
