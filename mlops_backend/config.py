@@ -119,6 +119,21 @@ class Config:
         "STREAM_STATUS_WAIT", "1", _number(float, 0.0),
         "Seconds a stream waits for Ollama's status line so early errors keep their HTTP status",
     )
+    max_prompt_chars: int = _setting(
+        "MAX_PROMPT_CHARS", "1000000", _number(int, 1), "Largest prompt (or all chat messages together), in characters"
+    )
+    max_image_bytes: int = _setting(
+        "MAX_IMAGE_BYTES", str(5 * 1024 * 1024), _number(int, 1), "Largest base64 image, in bytes of base64 text"
+    )
+    max_images_bytes: int = _setting(
+        "MAX_IMAGES_BYTES", str(8 * 1024 * 1024), _number(int, 1), "Largest total of base64 images in one request"
+    )
+    embed_max_inputs: int = _setting(
+        "EMBED_MAX_INPUTS", "256", _number(int, 1), "Most texts one embed request may carry (422 beyond)"
+    )
+    embed_max_bytes: int = _setting(
+        "EMBED_MAX_BYTES", str(1024 * 1024), _number(int, 1), "Largest total size of embed inputs, in bytes (413 beyond)"
+    )
     allow_unknown_options: bool = _setting(
         "ALLOW_UNKNOWN_OPTIONS", "false", _boolean, "Pass option names the gateway does not know through to Ollama"
     )

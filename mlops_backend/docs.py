@@ -106,7 +106,8 @@ def _operation(view, rule) -> dict:
         responses.setdefault(code, _problem(text))
     responses = {str(code): value for code, value in responses.items()}
     operation["responses"] = responses
-    for name in rule.arguments:
+    declared = {parameter["name"] for parameter in operation.get("parameters", [])}
+    for name in sorted(rule.arguments - declared):
         operation.setdefault("parameters", []).append(
             {"name": name, "in": "path", "required": True, "schema": {"type": "string"}})
     return operation

@@ -9,7 +9,7 @@ from flask_cors import CORS
 
 from .config import Config
 from .ollama import OllamaClient
-from .schemas import GenerateRequest, request_schema
+from .schemas import ChatRequest, EmbedRequest, GenerateRequest, request_schema
 
 KEY = "mlops_backend"
 cors = CORS()
@@ -21,13 +21,14 @@ class Gateway:
 
     config: Config
     ollama: OllamaClient
-    generate_schema: GenerateRequest
+    schemas: dict
 
     @classmethod
     def build(cls, config: Config) -> Gateway:
-        """Create the client and schemas a config calls for."""
-        return cls(config, OllamaClient.from_config(config),
-                   request_schema(GenerateRequest, config.allow_unknown_options))
+        """Create the client and the request schemas (bound to the config's limits)."""
+        schemas = {name: request_schema(schema, config)
+                   for name, schema in (("generate", GenerateRequest), ("chat", ChatRequest), ("embed", EmbedRequest))}
+        return cls(config, OllamaClient.from_config(config), schemas)
 
 
 def current_gateway() -> Gateway:

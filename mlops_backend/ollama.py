@@ -141,6 +141,18 @@ class OllamaClient:
         """Run a non-streamed generation and return Ollama's one answer object."""
         return self.call("/api/generate", payload)
 
+    def show(self, name: str) -> dict:
+        """Return a model's details (capabilities, parameters, template, model_info)."""
+        with deadline(self.request_timeout, "Reading the model's details"):
+            return self._json("POST", "/api/show", json={"model": name},
+                              timeout=(self.connect_timeout, self.first_byte_timeout), model=name)
+
+    def running(self) -> list:
+        """Return the models loaded in memory now."""
+        with deadline(self.request_timeout, "Listing running models"):
+            data = self._json("GET", "/api/ps", timeout=(self.connect_timeout, self.first_byte_timeout))
+        return data.get("models") or []
+
     def call(self, path: str, payload: dict) -> dict:
         """POST `payload` with stream false and return the JSON answer (the fast path)."""
         model = payload.get("model")

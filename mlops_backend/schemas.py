@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import binascii
 import re
 
-from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate
+from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 _DURATION = re.compile(r"^-?\d+(\.\d+)?(ns|us|µs|ms|s|m|h)?$")
 
@@ -64,6 +65,8 @@ class Options(Schema):
     class Meta:
         unknown = RAISE
 
+    error_messages = {"unknown": "Unknown option (ALLOW_UNKNOWN_OPTIONS=true passes such names through)."}
+
     temperature = fields.Float(validate=validate.Range(min=0), metadata={"example": 0.7})
     top_p = fields.Float(validate=validate.Range(min=0, max=1))
     top_k = StrictInteger(validate=validate.Range(min=0))
@@ -85,11 +88,45 @@ class Options(Schema):
     frequency_penalty = fields.Float()
 
 
-class GenerateRequest(Schema):
-    """Body of /api/llm/generate and /api/llm/stream."""
+class Base64Image(fields.String):
+    """An image as raw base64 text (no data: URL prefix), as Ollama takes it."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        value = super()._deserialize(value, attr, data, **kwargs)
+        if value.startswith("data:"):
+            raise ValidationError("Send the raw base64 text, without a data: URL prefix.")
+        try:
+            binascii.a2b_base64(value, strict_mode=True)
+        except (binascii.Error, ValueError):
+            raise ValidationError("Not valid base64.") from None
+        return value
+
+
+class LimitedRequest(Schema):
+    """A request body checked against the size limits of the config (`limits` set per app)."""
 
     class Meta:
         unknown = RAISE
+
+    limits = None  # the app's Config, set by request_schema()
+
+    def check_images(self, images: list, where: str, errors: dict, total: list) -> None:
+        for index, image in enumerate(images or ()):
+            total[0] += len(image)
+            if len(image) > self.limits.max_image_bytes:
+                errors[f"{where}.{index}"] = [f"Image larger than MAX_IMAGE_BYTES ({self.limits.max_image_bytes})."]
+
+    def check_total(self, total: int, errors: dict) -> None:
+        if total > self.limits.max_images_bytes:
+            errors["images"] = [f"Images add up to more than MAX_IMAGES_BYTES ({self.limits.max_images_bytes})."]
+
+    def check_prompt(self, size: int, field: str, errors: dict) -> None:
+        if size > self.limits.max_prompt_chars:
+            errors[field] = [f"Prompt longer than MAX_PROMPT_CHARS ({self.limits.max_prompt_chars} characters)."]
+
+
+class GenerateRequest(LimitedRequest):
+    """Body of /api/llm/generate and /api/llm/stream."""
 
     model = fields.String(validate=validate.Length(min=1, max=256),
                           metadata={"description": "Model name; DEFAULT_MODEL when omitted", "example": "llama3.2"})
@@ -103,13 +140,119 @@ class GenerateRequest(Schema):
                                           "oneOf": [{"type": "string"}, {"type": "number"}]})
     think = ThinkField(metadata={"description": "Ask a thinking model to think (thinking text arrives apart)",
                                  "oneOf": [{"type": "boolean"}, {"type": "string", "enum": ["low", "medium", "high"]}]})
+    images = fields.List(Base64Image(), metadata={"description": "Base64 images for vision models"})
     stream = fields.Boolean(metadata={"description": "Accepted for compatibility and ignored: the route decides"})
 
+    @validates_schema
+    def _limits(self, data, **kwargs):
+        errors, total = {}, [0]
+        self.check_prompt(len(data.get("prompt", "")) + len(data.get("system", "")), "prompt", errors)
+        self.check_images(data.get("images"), "images", errors, total)
+        self.check_total(total[0], errors)
+        if errors:
+            raise ValidationError(errors)
 
-def request_schema(schema_class, allow_unknown_options: bool) -> Schema:
-    """Return a schema instance, letting unknown option names through when configured to."""
+
+class ToolFunction(Schema):
+    name = fields.String(required=True, validate=validate.Length(min=1), metadata={"example": "get_weather"})
+    description = fields.String(metadata={"example": "Current weather in a city"})
+    parameters = fields.Dict(metadata={"description": "JSON schema of the arguments"})
+
+
+class Tool(Schema):
+    """A tool the model may call (Ollama's function-tool shape)."""
+
+    type = fields.String(required=True, validate=validate.OneOf(["function"]))
+    function = fields.Nested(ToolFunction, required=True)
+
+
+class ToolCallFunction(Schema):
+    class Meta:
+        unknown = INCLUDE
+
+    name = fields.String(required=True, metadata={"example": "get_weather"})
+    arguments = fields.Dict(metadata={"example": {"city": "Tokyo"}})
+
+
+class ToolCall(Schema):
+    class Meta:
+        unknown = INCLUDE
+
+    function = fields.Nested(ToolCallFunction, required=True)
+
+
+class ChatMessage(Schema):
+    """One message of the conversation."""
+
+    role = fields.String(required=True, validate=validate.OneOf(["system", "user", "assistant", "tool"]),
+                         metadata={"example": "user"})
+    content = fields.String(load_default="", metadata={"example": "Why is the sky blue?"})
+    images = fields.List(Base64Image())
+    tool_calls = fields.List(fields.Nested(ToolCall))
+    tool_name = fields.String(metadata={"description": "On role tool: which tool this result is from"})
+    thinking = fields.String()
+
+
+class ChatRequest(LimitedRequest):
+    """Body of /api/llm/chat and /api/llm/chat/stream."""
+
+    model = fields.String(validate=validate.Length(min=1, max=256),
+                          metadata={"description": "Model name; DEFAULT_MODEL when omitted", "example": "llama3.2"})
+    messages = fields.List(fields.Nested(ChatMessage), required=True, validate=validate.Length(min=1),
+                           metadata={"example": [{"role": "system", "content": "Answer briefly."},
+                                                 {"role": "user", "content": "Why is the sky blue?"}]})
+    tools = fields.List(fields.Nested(Tool))
+    options = fields.Nested(Options)
+    format = GenerateRequest._declared_fields["format"]
+    keep_alive = GenerateRequest._declared_fields["keep_alive"]
+    think = GenerateRequest._declared_fields["think"]
+    stream = fields.Boolean(metadata={"description": "Accepted for compatibility and ignored: the route decides"})
+
+    @validates_schema
+    def _limits(self, data, **kwargs):
+        errors, total = {}, [0]
+        messages = data.get("messages") or []
+        self.check_prompt(sum(len(m.get("content", "")) for m in messages), "messages", errors)
+        for index, message in enumerate(messages):
+            self.check_images(message.get("images"), f"messages.{index}.images", errors, total)
+        self.check_total(total[0], errors)
+        if errors:
+            raise ValidationError(errors)
+
+
+class EmbedRequest(Schema):
+    """Body of /api/llm/embed."""
+
+    class Meta:
+        unknown = RAISE
+
+    model = fields.String(validate=validate.Length(min=1, max=256), metadata={"example": "all-minilm"})
+    input = fields.Raw(required=True, metadata={
+        "description": "A text, or a list of texts (one vector each)",
+        "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+        "example": ["The sky is blue.", "Grass is green."]})
+    truncate = fields.Boolean(metadata={"description": "Cut inputs to the context length (Ollama's default)"})
+    dimensions = StrictInteger(validate=validate.Range(min=1))
+    keep_alive = GenerateRequest._declared_fields["keep_alive"]
+    options = fields.Nested(Options)
+
+    @validates_schema
+    def _input(self, data, **kwargs):
+        value = data.get("input")
+        texts = [value] if isinstance(value, str) else value
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts):
+            raise ValidationError("Must be a non-empty string or a non-empty list of non-empty strings.", "input")
+        if len(texts) > self.limits.embed_max_inputs:
+            raise ValidationError(f"At most EMBED_MAX_INPUTS ({self.limits.embed_max_inputs}) texts.", "input")
+
+    limits = None
+
+
+def request_schema(schema_class, config) -> Schema:
+    """Return a schema instance bound to the config's limits and its unknown-option policy."""
     schema = schema_class()
-    if allow_unknown_options and "options" in schema.fields:
+    schema.limits = config
+    if config.allow_unknown_options and "options" in schema.fields:
         schema.fields["options"].unknown = INCLUDE
     return schema
 
@@ -133,6 +276,27 @@ class GenerateResponse(Statistics):
     done = fields.Boolean(metadata={"example": True})
 
 
+class AssistantMessage(Schema):
+    role = fields.String(metadata={"example": "assistant"})
+    content = fields.String(metadata={"example": "Because of Rayleigh scattering."})
+    thinking = fields.String()
+    tool_calls = fields.List(fields.Nested(ToolCall))
+
+
+class ChatResponse(Statistics):
+    """A whole chat answer."""
+
+    model = fields.String(metadata={"example": "llama3.2"})
+    message = fields.Nested(AssistantMessage)
+    done = fields.Boolean(metadata={"example": True})
+
+
+class EmbedResponse(Schema):
+    model = fields.String(metadata={"example": "all-minilm"})
+    embeddings = fields.List(fields.List(fields.Float()), metadata={"example": [[0.0101, -0.0017, 0.0304]]})
+    prompt_eval_count = fields.Integer(metadata={"example": 8})
+
+
 class StreamError(Schema):
     title = fields.String(metadata={"example": "Ollama timed out"})
     status = fields.Integer(metadata={"example": 504})
@@ -140,10 +304,11 @@ class StreamError(Schema):
 
 
 class StreamEvent(Statistics):
-    """The JSON of one SSE `data:` line; exactly one of text, thinking, done or error leads."""
+    """The JSON of one SSE `data:` line; exactly one of text, thinking, tool_calls, done or error leads."""
 
     text = fields.String(metadata={"description": "A piece of the answer", "example": "The"})
     thinking = fields.String(metadata={"description": "A piece of a thinking model's reasoning"})
+    tool_calls = fields.List(fields.Nested(ToolCall), metadata={"description": "Tools the model calls (chat)"})
     done = fields.Boolean(metadata={"description": "True on the final event (statistics or error)"})
     error = fields.Nested(StreamError, metadata={"description": "Why a started stream ended early"})
 
@@ -176,6 +341,30 @@ class Model(Schema):
 
 class ModelsResponse(Schema):
     models = fields.List(fields.Nested(Model))
+
+
+class ModelInfo(Schema):
+    """What Ollama's /api/show reports about a model (every field it sends is kept)."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    capabilities = fields.List(fields.String(), metadata={"example": ["completion", "tools"]})
+    parameters = fields.String(metadata={"example": "stop \"<|eot_id|>\""})
+    template = fields.String()
+    details = fields.Nested(ModelDetails)
+    model_info = fields.Dict(metadata={"example": {"general.architecture": "llama", "llama.context_length": 131072}})
+    modified_at = fields.String()
+
+
+class RunningModel(Model):
+    expires_at = fields.String(metadata={"example": "2024-06-04T14:38:31.83753-07:00"})
+    size_vram = fields.Integer(metadata={"example": 5137025024})
+    context_length = fields.Integer(metadata={"example": 4096})
+
+
+class RunningResponse(Schema):
+    models = fields.List(fields.Nested(RunningModel))
 
 
 class Liveness(Schema):

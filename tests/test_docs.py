@@ -66,3 +66,26 @@ def test_redoc_is_served_locally(client):
     with client.get("/redoc/redoc.standalone.js") as response, open(REDOC_JS, "rb") as bundle:
         assert response.status_code == 200 and len(response.data) > 500_000
         assert bundle.read(100) == response.data[:100]
+
+
+def test_every_non_streaming_example_works_as_try_it_out_would_send_it(app, client):
+    """Swagger UI's "Try it out" sends the documented example: each must succeed against Ollama."""
+    from tests.support import API_KEY
+
+    paths = client.get("/openapi.json").get_json()["paths"]
+    tried = 0
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            if not operation["operationId"].startswith("llm_"):  # keyed LLM routes only
+                continue
+            content = operation["responses"]["200"].get("content", {})
+            if "text/event-stream" in content:
+                continue
+            url = path
+            for parameter in operation.get("parameters", []):
+                url = url.replace("{%s}" % parameter["name"], parameter["example"])
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("example")
+            response = client.open(url, method=method.upper(), json=body, headers={"X-API-Key": API_KEY})
+            assert response.status_code == 200, (method, path, response.get_data(as_text=True))
+            tried += 1
+    assert tried == 6  # models, generate, chat, embed, model details, running

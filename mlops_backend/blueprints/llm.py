@@ -13,8 +13,16 @@ from ..extensions import current_gateway
 bp = Blueprint("llm", __name__)
 register_error_handlers(bp)
 
-GENERATE_FIELDS = ("model", "response", "thinking", "done", "done_reason", "total_duration", "load_duration",
-                   "prompt_eval_count", "eval_count", "eval_duration")
+STATISTICS = ("done", "done_reason", "total_duration", "load_duration", "prompt_eval_count", "eval_count",
+              "eval_duration")
+GENERATE_FIELDS = ("model", "response", "thinking") + STATISTICS
+CHAT_FIELDS = ("model", "message") + STATISTICS
+EMBED_FIELDS = ("model", "embeddings", "prompt_eval_count")
+
+
+def pick(result: dict, keys: tuple) -> dict:
+    """Keep the documented fields of an Ollama answer, in the documented order."""
+    return {key: result[key] for key in keys if key in result}
 
 
 @bp.before_request
@@ -37,10 +45,10 @@ def json_body() -> dict:
     return body
 
 
-def generation_payload() -> dict:
-    """Validate a generation body and return what to send Ollama (with the default model filled in)."""
+def payload(kind: str) -> dict:
+    """Validate a body with the `kind` schema; return what to send Ollama (default model filled in)."""
     gateway = current_gateway()
-    data = gateway.generate_schema.load(json_body())
+    data = gateway.schemas[kind].load(json_body())
     data.pop("stream", None)
     if not data.get("model"):
         if not gateway.config.default_model:
@@ -82,8 +90,7 @@ def generate():
           application/json:
             schema: GenerateResponse
     """
-    result = current_gateway().ollama.generate(generation_payload())
-    return {key: result[key] for key in GENERATE_FIELDS if key in result}
+    return pick(current_gateway().ollama.generate(payload("generate")), GENERATE_FIELDS)
 
 
 @bp.post("/api/llm/stream")
@@ -111,8 +118,117 @@ def stream():
             schema: StreamEvent
             example: "data: {\\"text\\":\\"The\\"}\\n\\ndata: {\\"done\\":true,\\"done_reason\\":\\"stop\\",\\"eval_count\\":2}\\n\\n"
     """
+    return relay("/api/generate", payload("generate"))
+
+
+def relay(path: str, body: dict):
+    """Answer with the SSE relay of a streamed Ollama call."""
     gateway = current_gateway()
-    payload = generation_payload()
     config = gateway.config
-    return sse.stream_response(lambda: gateway.ollama.open_stream("/api/generate", payload),
-                               config.sse_heartbeat_seconds, config.stream_status_wait)
+    return sse.stream_response(lambda: gateway.ollama.open_stream(path, body), config.sse_heartbeat_seconds,
+                               config.stream_status_wait)
+
+
+@bp.get("/api/llm/models/<path:name>")
+def model_details(name):
+    """Show one model: capabilities, parameters, template, details and model_info.
+    ---
+    tags: [models]
+    parameters:
+      - {name: name, in: path, required: true, schema: {type: string}, example: "llama3.2:latest"}
+    responses:
+      200:
+        description: Ollama's /api/show answer, every field kept.
+        content:
+          application/json:
+            schema: ModelInfo
+    """
+    return current_gateway().ollama.show(name)
+
+
+@bp.get("/api/llm/running")
+def running():
+    """List the models loaded in memory now.
+    ---
+    tags: [models]
+    responses:
+      200:
+        description: Loaded models with when they unload (expires_at) and their VRAM use.
+        content:
+          application/json:
+            schema: RunningResponse
+    """
+    return {"models": current_gateway().ollama.running()}
+
+
+@bp.post("/api/llm/chat")
+def chat():
+    """Answer a conversation in one response.
+    ---
+    tags: [chat]
+    requestBody:
+      required: true
+      content:
+        application/json:
+          schema: ChatRequest
+          example: {"model": "llama3.2", "messages": [{"role": "system", "content": "Answer briefly."},
+                    {"role": "user", "content": "Why is the sky blue?"}]}
+    responses:
+      200:
+        description: The assistant's message (with thinking and tool_calls when the model gives them) and statistics.
+        content:
+          application/json:
+            schema: ChatResponse
+    """
+    return pick(current_gateway().ollama.call("/api/chat", payload("chat")), CHAT_FIELDS)
+
+
+@bp.post("/api/llm/chat/stream")
+def chat_stream():
+    """Stream a conversation's answer as Server-Sent Events (the grammar of /api/llm/stream).
+    ---
+    tags: [chat]
+    requestBody:
+      required: true
+      content:
+        application/json:
+          schema: ChatRequest
+          example: {"messages": [{"role": "user", "content": "Tell me a joke."}]}
+    responses:
+      200:
+        description: |
+          `text/event-stream`: `{"text"}` per piece of the answer, `{"thinking"}` per piece of
+          reasoning, `{"tool_calls": [...]}` when the model calls tools, then the final
+          `{"done": true, ...statistics}` or `{"error": {...}, "done": true}`; `:` lines are heartbeats.
+        content:
+          text/event-stream:
+            schema: StreamEvent
+    """
+    return relay("/api/chat", payload("chat"))
+
+
+@bp.post("/api/llm/embed")
+def embed():
+    """Embed one text or a list of texts (one L2-normalised vector each, in order).
+    ---
+    tags: [embeddings]
+    requestBody:
+      required: true
+      content:
+        application/json:
+          schema: EmbedRequest
+          example: {"model": "all-minilm", "input": ["The sky is blue.", "Grass is green."]}
+    responses:
+      200:
+        description: The vectors.
+        content:
+          application/json:
+            schema: EmbedResponse
+    """
+    body = payload("embed")
+    texts = [body["input"]] if isinstance(body["input"], str) else body["input"]
+    size, limit = sum(len(text.encode()) for text in texts), current_gateway().config.embed_max_bytes
+    if size > limit:
+        raise ApiError(413, "Inputs too large", f"The inputs total {size} bytes; EMBED_MAX_BYTES is {limit}",
+                       slug="inputs-too-large")
+    return pick(current_gateway().ollama.call("/api/embed", body), EMBED_FIELDS)
