@@ -137,10 +137,6 @@ class OllamaClient:
             data = self._json("GET", "/api/tags", timeout=(self.connect_timeout, self.first_byte_timeout))
         return data.get("models") or []
 
-    def generate(self, payload: dict) -> dict:
-        """Run a non-streamed generation and return Ollama's one answer object."""
-        return self.call("/api/generate", payload)
-
     def show(self, name: str) -> dict:
         """Return a model's details (capabilities, parameters, template, model_info)."""
         with deadline(self.request_timeout, "Reading the model's details"):
@@ -155,7 +151,6 @@ class OllamaClient:
 
     def call(self, path: str, payload: dict) -> dict:
         """POST `payload` with stream false and return the JSON answer (the fast path)."""
-        model = payload.get("model")
         with deadline(self.request_timeout, "The call to Ollama"):
             stream = self.open_stream(path, {**payload, "stream": False})
             try:

@@ -47,7 +47,7 @@ def test_tags_and_version(client):
 
 def test_generate_forces_stream_false_and_sends_only_its_own_headers(double, make_client):
     client = make_client(double.url)
-    assert client.generate({"model": "llama3.2", "prompt": "p", "stream": True})["response"] == "You said: p"
+    assert client.call("/api/generate", {"model": "llama3.2", "prompt": "p", "stream": True})["response"] == "You said: p"
     sent = double.requests[-1]
     assert sent["body"]["stream"] is False
     assert {k.lower() for k in sent["headers"]} == {"host", "user-agent", "accept", "content-type", "content-length"}
@@ -114,7 +114,7 @@ def test_stream_reads_lines_as_they_come_and_reuses_the_connection(double, make_
         local_ports.add(stream._exchange.sock.getsockname()[1])
         assert len(read_all(stream)) == 4
         stream.close()
-    assert client.generate({"model": "llama3.2", "prompt": "x"})["response"] == "abc"
+    assert client.call("/api/generate", {"model": "llama3.2", "prompt": "x"})["response"] == "abc"
     assert len(local_ports) == 1  # three streams, one TCP connection
     assert len(client.pool._idle) == 1
     assert all(s["completed"] for s in double.streams)
@@ -123,15 +123,15 @@ def test_stream_reads_lines_as_they_come_and_reuses_the_connection(double, make_
 def test_fast_path_errors_are_mapped(double, make_client):
     client = make_client(double.url, first_byte_timeout=0.5, chunk_timeout=0.5)
     with pytest.raises(ModelNotFound):
-        client.generate({"model": "nope", "prompt": "x"})
+        client.call("/api/generate", {"model": "nope", "prompt": "x"})
     double.script(fault="busy")
     with pytest.raises(OllamaBusy):
-        client.generate({"model": "llama3.2", "prompt": "x"})
+        client.call("/api/generate", {"model": "llama3.2", "prompt": "x"})
     double.script(first_delay=3)
     with pytest.raises(OllamaTimeout):
-        client.generate({"model": "llama3.2", "prompt": "x"})
+        client.call("/api/generate", {"model": "llama3.2", "prompt": "x"})
     with pytest.raises(OllamaUnreachable):
-        make_client("http://127.0.0.1:9").generate({"model": "m", "prompt": "x"})
+        make_client("http://127.0.0.1:9").call("/api/generate", {"model": "m", "prompt": "x"})
 
 
 def test_keep_alive_connection_closed_by_the_server_is_replaced(make_client):
@@ -155,9 +155,9 @@ def test_keep_alive_connection_closed_by_the_server_is_replaced(make_client):
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     client = make_client(f"http://127.0.0.1:{listener.getsockname()[1]}")
-    assert client.generate({"model": "m", "prompt": "x"})["response"] == "ok"
+    assert client.call("/api/generate", {"model": "m", "prompt": "x"})["response"] == "ok"
     time.sleep(0.3)
-    assert client.generate({"model": "m", "prompt": "x"})["response"] == "ok"
+    assert client.call("/api/generate", {"model": "m", "prompt": "x"})["response"] == "ok"
     thread.join(2)
     listener.close()
     assert len(accepted) == 2

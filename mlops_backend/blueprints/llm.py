@@ -90,7 +90,7 @@ def generate():
           application/json:
             schema: GenerateResponse
     """
-    return pick(current_gateway().ollama.generate(payload("generate")), GENERATE_FIELDS)
+    return pick(current_gateway().ollama.call("/api/generate", payload("generate")), GENERATE_FIELDS)
 
 
 @bp.post("/api/llm/stream")
