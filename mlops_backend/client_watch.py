@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from .ollama import gevent_active
+from .upstream import gevent_active
 
 _PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 

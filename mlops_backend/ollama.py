@@ -16,7 +16,7 @@ from requests.adapters import HTTPAdapter
 
 import socket
 
-from .upstream import UpstreamClosed, UpstreamPool
+from .upstream import UpstreamClosed, UpstreamPool, gevent_active
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +61,6 @@ class OllamaStreamError(OllamaError):
     """Ollama reported an error inside a stream that had already started."""
 
     kind = "model_error"
-
-
-def gevent_active() -> bool:
-    """Tell whether sockets are cooperative (gunicorn's gevent worker patched them)."""
-    try:
-        from gevent import monkey
-    except ImportError:  # pragma: no cover - gevent is a dependency, but the client must not need it
-        return False
-    return monkey.is_module_patched("socket")
 
 
 @contextlib.contextmanager

@@ -21,7 +21,18 @@ HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 HEARTBEAT = b": keep-alive\n\n"
 STATISTICS = ("done_reason", "total_duration", "load_duration", "prompt_eval_count", "eval_count", "eval_duration")
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# JSON may carry U+2028, U+2029 and U+0085 raw; SSE does not split on them, but many line readers
+# do (Python's str.splitlines, requests' iter_lines), so they leave escaped.
+_LINE_BREAKS = {0x2028: "\\u2028", 0x2029: "\\u2029", 0x85: "\\u0085"}
+
+
+def _encode(obj) -> str:
+    text = _dumps(obj)
+    if "\u2028" in text or "\u2029" in text or "\x85" in text:
+        text = text.translate(_LINE_BREAKS)
+    return text
+
 
 
 def event(obj) -> bytes:

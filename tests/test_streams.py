@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 
@@ -135,3 +136,16 @@ def test_disconnect_during_status_wait_closes_upstream(gateway, double):
     record = double.wait_stream_closed(timeout=3)
     assert record["client_gone"]
     assert record["closed_at"] - left < 1.0
+
+
+def test_unicode_line_separators_leave_escaped_for_line_readers(gateway, double):
+    tokens = ["a\u2028b", "c\x85d", "e\u2029f"]
+    double.script(tokens=tokens)
+    response = post_stream(gateway, {"prompt": "hi"})
+    raw = response.content
+    for separator in ("\u2028", "\u2029", "\x85"):
+        assert separator.encode() not in raw
+    # requests' iter_lines splits on every Unicode line break, as str.splitlines does.
+    lines = [line for line in raw.decode().splitlines() if line.startswith("data: ")]
+    texts = [json.loads(line[6:]).get("text") for line in lines]
+    assert texts[:3] == tokens
