@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 from . import report, scenarios
 from . import procfs
@@ -255,10 +256,25 @@ def main(argv=None) -> int:
                        help="requests/s of the upstream alone (client on the other core)")
     u.add_argument("--seconds", type=float, default=5.0)
     u.add_argument("--connections", type=int, default=32)
+    t = sub.add_parser("table", help="print a results JSON as a Markdown table (for the README)")
+    t.add_argument("path", nargs="?", default=str(RESULTS_DIR / "latest.json"))
     args = ap.parse_args(argv)
     if args.cmd == "run":
         return cmd_run(args)
+    if args.cmd == "table":
+        return cmd_table(args)
     return cmd_upstream_rps(args)
+
+
+def cmd_table(args) -> int:
+    """Print the rows of a results file as Markdown, with the run's date and machine."""
+    import json
+
+    doc = json.loads(Path(args.path).read_text())
+    print(f"Run of {doc['date']} on {doc['machine']['cpu_model']} ({doc['machine']['cpu_count']} cores), "
+          f"{doc['machine']['platform']}, Python {doc['machine']['python']}\n")
+    print(report.format_markdown(doc["table"]))
+    return 0
 
 
 if __name__ == "__main__":

@@ -122,6 +122,25 @@ def format_table(rows: list) -> str:
     return "\n".join(out + notes)
 
 
+def format_markdown(rows: list) -> str:
+    """The same table as format_table, as Markdown for the README."""
+    out = ["| metric | unit | direct | gateway | ratio/added | target | met |",
+           "|---|---|---:|---:|---:|---|---|"]
+    for r in rows:
+        c = r.get("compared")
+        if c is None:
+            cmp_txt = ""
+        elif r.get("compare") == "ratio":
+            cmp_txt = f"{c:.2f}x"
+        else:
+            cmp_txt = ("+" if c >= 0 else "") + _num(c)
+        met = {True: "yes", False: "**no**", None: ""}[r.get("met")]
+        target = _target_txt(r).replace("<=", "≤")
+        out.append(f"| {r['metric']} | {r['unit']} | {_cell(r, 'direct')} | {_cell(r, 'gateway')} | "
+                   f"{cmp_txt} | {target} | {met} |")
+    return "\n".join(out)
+
+
 def write_json(path: Path, doc: dict):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
