@@ -40,6 +40,31 @@ def event(obj) -> bytes:
     return b"data: " + _encode(obj).encode() + b"\n\n"
 
 
+_TEXT_TAILS = ((b'"response":"', b'","done":false}'), (b'"content":"', b'"},"done":false}'))
+_SLOW_BYTES = (b"\\", b"\xc2\x85", b"\xe2\x80\xa8", b"\xe2\x80\xa9")
+
+
+def text_event(line: bytes) -> bytes | None:
+    """Frame an ordinary token line without parsing it: its text is already JSON-escaped by Ollama.
+
+    Applies only to the common shape, a plain text piece as the last field before "done":false
+    (`..."response":"tok","done":false}`, or chat's `..."content":"tok"},"done":false}`) with no
+    backslash or Unicode line break in it; returns None for anything else, which is parsed in full.
+    Returns b"" for an empty piece (no event).
+    """
+    for key, tail in _TEXT_TAILS:
+        if line.endswith(tail):
+            start = line.find(key)
+            if start < 0:
+                return None
+            start += len(key)
+            text = line[start:len(line) - len(tail)]
+            if b'"' in text or any(slow in text for slow in _SLOW_BYTES):
+                return None
+            return b'data: {"text":"' + text + b'"}\n\n' if text else b""
+    return None
+
+
 def chunk_events(obj: dict, out: list) -> bool:
     """Append the events for one upstream object to `out`; return True for the final object."""
     if "error" in obj:
@@ -99,6 +124,11 @@ def _relay(stream, ready, watch, heartbeat):
                 raise OllamaBadResponse("Ollama's stream ended before its final message")
             if lines:
                 for line in lines:
+                    fast = text_event(line)
+                    if fast is not None:
+                        if fast:
+                            out.append(fast)
+                        continue
                     try:
                         obj = json.loads(line)
                     except ValueError:
