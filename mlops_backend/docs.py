@@ -13,7 +13,7 @@ from flasgger import Swagger
 from flask import Blueprint, current_app, render_template_string, send_file, url_for
 from marshmallow import Schema
 
-from . import __version__, schemas
+from . import __version__, responses, schemas
 
 STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
 REDOC_JS = os.path.join(STATIC_DIR, "redoc", "redoc.standalone.js")
@@ -67,10 +67,11 @@ def _build(app) -> dict:
                    plugins=[MarshmallowPlugin()], info={"description": DESCRIPTION})
     spec.components.security_scheme("ApiKeyAuth", {"type": "apiKey", "in": "header", "name": "X-API-Key"})
     spec.components.security_scheme("BearerAuth", {"type": "http", "scheme": "bearer"})
-    for name, cls in inspect.getmembers(schemas, inspect.isclass):
-        # Nested schemas are registered by the plugin as it meets them: skip those.
-        if issubclass(cls, Schema) and cls.__module__ == schemas.__name__ and name not in spec.components.schemas:
-            spec.components.schema(name, schema=cls)
+    for module in (schemas, responses):
+        for name, cls in inspect.getmembers(module, inspect.isclass):
+            # Nested schemas are registered by the plugin as it meets them: skip those.
+            if issubclass(cls, Schema) and cls.__module__ == module.__name__ and name not in spec.components.schemas:
+                spec.components.schema(name, schema=cls)
     paths = {}
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
         path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)

@@ -1,4 +1,4 @@
-"""The keyed LLM routes: list models, generate a whole answer, stream one as SSE."""
+"""The keyed LLM routes: models, generate, chat and embed, whole or streamed as SSE."""
 
 from __future__ import annotations
 

@@ -1,0 +1,148 @@
+"""Marshmallow schemas of what the gateway answers: apispec turns them into the OpenAPI document."""
+
+from __future__ import annotations
+
+from marshmallow import INCLUDE, Schema, fields
+
+from .schemas import ToolCall
+
+
+class Statistics(Schema):
+    """Timing and token counts Ollama reports at the end of a generation (durations in ns)."""
+
+    done_reason = fields.String(metadata={"example": "stop"})
+    total_duration = fields.Integer(metadata={"example": 5043500667})
+    load_duration = fields.Integer(metadata={"example": 5025959})
+    prompt_eval_count = fields.Integer(metadata={"example": 26})
+    eval_count = fields.Integer(metadata={"example": 290})
+    eval_duration = fields.Integer(metadata={"example": 4709213000})
+
+
+class GenerateResponse(Statistics):
+    """A whole generation."""
+
+    model = fields.String(metadata={"example": "llama3.2"})
+    response = fields.String(metadata={"example": "The sky is blue because of Rayleigh scattering."})
+    done = fields.Boolean(metadata={"example": True})
+
+
+class AssistantMessage(Schema):
+    role = fields.String(metadata={"example": "assistant"})
+    content = fields.String(metadata={"example": "Because of Rayleigh scattering."})
+    thinking = fields.String()
+    tool_calls = fields.List(fields.Nested(ToolCall))
+
+
+class ChatResponse(Statistics):
+    """A whole chat answer."""
+
+    model = fields.String(metadata={"example": "llama3.2"})
+    message = fields.Nested(AssistantMessage)
+    done = fields.Boolean(metadata={"example": True})
+
+
+class EmbedResponse(Schema):
+    model = fields.String(metadata={"example": "all-minilm"})
+    embeddings = fields.List(fields.List(fields.Float()), metadata={"example": [[0.0101, -0.0017, 0.0304]]})
+    prompt_eval_count = fields.Integer(metadata={"example": 8})
+
+
+class StreamError(Schema):
+    title = fields.String(metadata={"example": "Ollama timed out"})
+    status = fields.Integer(metadata={"example": 504})
+    detail = fields.String(metadata={"example": "Ollama sent nothing for 300.0 s"})
+
+
+class StreamEvent(Statistics):
+    """The JSON of one SSE `data:` line; exactly one of text, thinking, tool_calls, done or error leads."""
+
+    text = fields.String(metadata={"description": "A piece of the answer", "example": "The"})
+    thinking = fields.String(metadata={"description": "A piece of a thinking model's reasoning"})
+    tool_calls = fields.List(fields.Nested(ToolCall), metadata={"description": "Tools the model calls (chat)"})
+    done = fields.Boolean(metadata={"description": "True on the final event (statistics or error)"})
+    error = fields.Nested(StreamError, metadata={"description": "Why a started stream ended early"})
+
+
+class ModelDetails(Schema):
+    class Meta:
+        unknown = INCLUDE
+
+    parent_model = fields.String()
+    format = fields.String(metadata={"example": "gguf"})
+    family = fields.String(metadata={"example": "llama"})
+    families = fields.List(fields.String())
+    parameter_size = fields.String(metadata={"example": "3.2B"})
+    quantization_level = fields.String(metadata={"example": "Q4_K_M"})
+
+
+class Model(Schema):
+    """One installed model, with every field Ollama sent."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    name = fields.String(metadata={"example": "llama3.2:latest"})
+    model = fields.String(metadata={"example": "llama3.2:latest"})
+    modified_at = fields.String(metadata={"example": "2025-05-04T17:37:44.706015396-07:00"})
+    size = fields.Integer(metadata={"example": 2019393189})
+    digest = fields.String(metadata={"example": "a80c4f17acd55265feec403c7aef86be0c25983ab279d83f3bcd3abbcb5b8b72"})
+    details = fields.Nested(ModelDetails)
+
+
+class ModelsResponse(Schema):
+    models = fields.List(fields.Nested(Model))
+
+
+class ModelInfo(Schema):
+    """What Ollama's /api/show reports about a model (every field it sends is kept)."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    capabilities = fields.List(fields.String(), metadata={"example": ["completion", "tools"]})
+    parameters = fields.String(metadata={"example": "stop \"<|eot_id|>\""})
+    template = fields.String()
+    details = fields.Nested(ModelDetails)
+    model_info = fields.Dict(metadata={"example": {"general.architecture": "llama", "llama.context_length": 131072}})
+    modified_at = fields.String()
+
+
+class RunningModel(Model):
+    expires_at = fields.String(metadata={"example": "2024-06-04T14:38:31.83753-07:00"})
+    size_vram = fields.Integer(metadata={"example": 5137025024})
+    context_length = fields.Integer(metadata={"example": 4096})
+
+
+class RunningResponse(Schema):
+    models = fields.List(fields.Nested(RunningModel))
+
+
+class Liveness(Schema):
+    status = fields.String(metadata={"example": "ok"})
+    version = fields.String(metadata={"example": "0.1.0"})
+
+
+class OllamaInfo(Schema):
+    url = fields.String(metadata={"example": "http://localhost:11434"})
+    version = fields.String(metadata={"example": "0.12.6"})
+
+
+class Readiness(Schema):
+    status = fields.String(metadata={"example": "healthy"})
+    ollama = fields.Nested(OllamaInfo)
+
+
+class FieldError(Schema):
+    field = fields.String(metadata={"example": "options.temperature"})
+    message = fields.String(metadata={"example": "Must be greater than or equal to 0."})
+
+
+class Problem(Schema):
+    """RFC 9457 problem details: the body of every error."""
+
+    type = fields.String(metadata={"example": "urn:mlops-backend:problem:validation-error"})
+    title = fields.String(metadata={"example": "Invalid request body"})
+    status = fields.Integer(metadata={"example": 422})
+    detail = fields.String(metadata={"example": "Invalid fields: options.temperature"})
+    request_id = fields.String(metadata={"example": "6f1c0a6e1f7c4d0f9d1c2b3a4e5f6a7b"})
+    errors = fields.List(fields.Nested(FieldError), metadata={"description": "One entry per bad field (422 only)"})
