@@ -95,20 +95,23 @@ def _target_txt(r):
     return f"{t['op']} {_num(t['value'])}{on}"
 
 
+def _compared_txt(r) -> str:
+    """The ratio (1.23x) or the difference (+4.5) of gateway to direct, or '' when there is none."""
+    c = r.get("compared")
+    if c is None:
+        return ""
+    if r.get("compare") == "ratio":
+        return f"{c:.2f}x"
+    return ("+" if c >= 0 else "") + _num(c)
+
+
 def format_table(rows: list) -> str:
     head = ("metric", "unit", "direct", "gateway", "ratio/added", "target", "met")
     lines = []
     for r in rows:
-        c = r.get("compared")
-        if c is None:
-            cmp_txt = "-"
-        elif r.get("compare") == "ratio":
-            cmp_txt = f"{c:.2f}x"
-        else:
-            cmp_txt = ("+" if c >= 0 else "") + _num(c)
         met = {True: "yes", False: "NO", None: ""}[r.get("met")]
         lines.append((r["metric"], r["unit"], _cell(r, "direct"), _cell(r, "gateway"),
-                      cmp_txt, _target_txt(r), met))
+                      _compared_txt(r) or "-", _target_txt(r), met))
     widths = [max(len(x[i]) for x in [head] + lines) for i in range(len(head))]
     out = []
     for i, line in enumerate([head] + lines):
@@ -127,17 +130,10 @@ def format_markdown(rows: list) -> str:
     out = ["| metric | unit | direct | gateway | ratio/added | target | met |",
            "|---|---|---:|---:|---:|---|---|"]
     for r in rows:
-        c = r.get("compared")
-        if c is None:
-            cmp_txt = ""
-        elif r.get("compare") == "ratio":
-            cmp_txt = f"{c:.2f}x"
-        else:
-            cmp_txt = ("+" if c >= 0 else "") + _num(c)
         met = {True: "yes", False: "**no**", None: ""}[r.get("met")]
         target = _target_txt(r).replace("<=", "≤")
         out.append(f"| {r['metric']} | {r['unit']} | {_cell(r, 'direct')} | {_cell(r, 'gateway')} | "
-                   f"{cmp_txt} | {target} | {met} |")
+                   f"{_compared_txt(r)} | {target} | {met} |")
     return "\n".join(out)
 
 

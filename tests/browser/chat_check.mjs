@@ -8,52 +8,26 @@
 // {question, texts, times, answer, returnedAt} or, when say() throws, {question, texts, times, error}
 // (no later turn is tried). times and returnedAt are milliseconds from the first call, read with
 // performance.now(); texts are the pieces onText received, in order.
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { chromium } from "playwright-core";
+import { runInPage } from "./chromium.mjs";
 
-const CHROMIUM = "/usr/bin/chromium";
-const ARGS = [
-  "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-  "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic",
-];
-
-const job = JSON.parse(process.argv[2]);
-const timeout = job.timeoutMs ?? 30000;
-const userDataDir = mkdtempSync(join(tmpdir(), "chat-check-"));
-let context;
-try {
-  context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: CHROMIUM, headless: true, args: ARGS, timeout,
-  });
-  const page = context.pages()[0] ?? (await context.newPage());
-  page.setDefaultTimeout(timeout);
-  await page.goto(job.pageUrl);
-  const result = await page.evaluate(async ({ gatewayUrl, apiKey, system, questions }) => {
-    if (typeof createChat !== "function") return { error: "the page defines no createChat()" };
-    const say = createChat(gatewayUrl, apiKey, system);
-    const turns = [];
-    const started = performance.now();
-    for (const question of questions) {
-      const turn = { question, texts: [], times: [] };
-      turns.push(turn);
-      try {
-        turn.answer = await say(question, (text) => {
-          turn.texts.push(text);
-          turn.times.push(performance.now() - started);
-        });
-        turn.returnedAt = performance.now() - started;
-      } catch (error) {
-        turn.error = `${error.name}: ${error.message}`;
-        break;
-      }
+await runInPage("chat-check-", async ({ gatewayUrl, apiKey, system, questions }) => {
+  if (typeof createChat !== "function") return { error: "the page defines no createChat()" };
+  const say = createChat(gatewayUrl, apiKey, system);
+  const turns = [];
+  const started = performance.now();
+  for (const question of questions) {
+    const turn = { question, texts: [], times: [] };
+    turns.push(turn);
+    try {
+      turn.answer = await say(question, (text) => {
+        turn.texts.push(text);
+        turn.times.push(performance.now() - started);
+      });
+      turn.returnedAt = performance.now() - started;
+    } catch (error) {
+      turn.error = `${error.name}: ${error.message}`;
+      break;
     }
-    return { turns };
-  }, job);
-  result.origin = await page.evaluate(() => location.origin);
-  process.stdout.write(JSON.stringify(result) + "\n");
-} finally {
-  await context?.close();
-  rmSync(userDataDir, { recursive: true, force: true });
-}
+  }
+  return { turns };
+});
