@@ -6,7 +6,7 @@ import logging
 
 from flask import Flask
 
-from .config import Config
+from .config import PLACEHOLDER_KEY, Config
 from .errors import register_error_handlers
 from .extensions import KEY, Gateway, cors
 from .request_context import add_request_id_header, assign_request_id, configure_logging
@@ -97,5 +97,5 @@ def warn_about_config(config: Config) -> None:
     """Say loudly when the gateway runs open."""
     if not config.auth_enabled:
         log.warning("AUTH_ENABLED=false: every route is open to anyone who can reach this server")
-    elif config.debug and config.api_key in ("", "your-secret-api-key-change-this"):
+    elif config.debug and config.api_key in ("", PLACEHOLDER_KEY):
         log.warning("DEBUG=true with no real API_KEY: never run like this where others can reach the gateway")
