@@ -125,6 +125,18 @@ def test_disconnect_while_ollama_is_silent_closes_upstream_within_a_heartbeat(st
     assert record["closed_at"] - left < 2.0
 
 
+def test_disconnect_while_ollama_pauses_mid_stream_closes_upstream_within_a_heartbeat(start_gateway, double):
+    gw = start_gateway(SSE_HEARTBEAT_SECONDS="2")
+    double.script(tokens=["first", "second"], delay=60)  # e.g. a long pause between two tokens
+    response = post_stream(gw, {"prompt": "hi"})
+    assert next(item for item in sse_items(response) if item[1] == "data")[2] == {"text": "first"}
+    left = time.monotonic()
+    response.close()
+    record = double.wait_stream_closed(timeout=5)
+    assert record["client_gone"] and record["lines_sent"] == 1
+    assert record["closed_at"] - left < 2.0
+
+
 def test_disconnect_during_status_wait_closes_upstream(gateway, double):
     double.script(first_delay=60)
     with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
