@@ -77,21 +77,25 @@ def page_server():
         server.stop()
 
 
+def run_node(script: str, job: dict) -> dict:
+    """Run a tests/browser script on a job; fail (not skip) when Chromium, node or playwright-core is missing."""
+    missing = [what for what, ok in [(str(CHROMIUM), CHROMIUM.is_file()), ("node", shutil.which("node")),
+                                     ("tests/browser/node_modules/playwright-core",
+                                      (BROWSER_DIR / "node_modules" / "playwright-core").is_dir())] if not ok]
+    if missing:  # a failure, not a skip: CI installs them
+        pytest.fail(f"missing {', '.join(missing)}: {INSTALL}", pytrace=False)
+    done = subprocess.run(["node", script, json.dumps(job)], cwd=BROWSER_DIR, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, f"{script} exited with {done.returncode}:\n{done.stderr}"
+    return json.loads(done.stdout.strip().split("\n")[-1])  # not splitlines(): U+2028 is no line end here
+
+
 @pytest.fixture
 def browser():
-    """Run tests/browser/stream_check.mjs on a page; fail (not skip) when what it needs is missing."""
+    """Run tests/browser/stream_check.mjs on a page."""
     def run(page_url: str, gateway) -> dict:
-        missing = [what for what, ok in [(str(CHROMIUM), CHROMIUM.is_file()), ("node", shutil.which("node")),
-                                         ("tests/browser/node_modules/playwright-core",
-                                          (BROWSER_DIR / "node_modules" / "playwright-core").is_dir())] if not ok]
-        if missing:  # a failure, not a skip: CI installs them
-            pytest.fail(f"missing {', '.join(missing)}: {INSTALL}", pytrace=False)
-        job = {"pageUrl": page_url, "gatewayUrl": gateway.url, "apiKey": API_KEY, "prompt": PROMPT,
-               "timeoutMs": 30000}
-        done = subprocess.run(["node", "stream_check.mjs", json.dumps(job)], cwd=BROWSER_DIR,
-                              capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, f"stream_check.mjs exited with {done.returncode}:\n{done.stderr}"
-        return json.loads(done.stdout.strip().splitlines()[-1])
+        return run_node("stream_check.mjs", {"pageUrl": page_url, "gatewayUrl": gateway.url, "apiKey": API_KEY,
+                                             "prompt": PROMPT, "timeoutMs": 30000})
 
     return run
 

@@ -8,10 +8,8 @@
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -19,7 +17,7 @@ import time
 import pytest
 
 from tests.support import API_KEY, ROOT
-from tests.test_browser import BROWSER_DIR, CHROMIUM, INSTALL, PageServer, access_log
+from tests.test_browser import PageServer, access_log, run_node
 
 TOKENS = ["Blue", "berry", " 🫐", " (süß)"]
 ANSWER = "".join(TOKENS)
@@ -99,17 +97,8 @@ def chat_page():
 def browser_chat():
     """Run tests/browser/chat_check.mjs; fail (not skip) when Chromium, node or playwright-core is missing."""
     def run(page_url: str, gateway, questions=QUESTIONS) -> dict:
-        missing = [what for what, ok in [(str(CHROMIUM), CHROMIUM.is_file()), ("node", shutil.which("node")),
-                                         ("tests/browser/node_modules/playwright-core",
-                                          (BROWSER_DIR / "node_modules" / "playwright-core").is_dir())] if not ok]
-        if missing:  # a failure, not a skip: CI installs them
-            pytest.fail(f"missing {', '.join(missing)}: {INSTALL}", pytrace=False)
-        job = {"pageUrl": page_url, "gatewayUrl": gateway.url, "apiKey": API_KEY, "system": SYSTEM,
-               "questions": questions, "timeoutMs": 30000}
-        done = subprocess.run(["node", "chat_check.mjs", json.dumps(job)], check=False, cwd=BROWSER_DIR,
-                              capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, f"chat_check.mjs exited with {done.returncode}:\n{done.stderr}"
-        result = json.loads(done.stdout.strip().split("\n")[-1])  # not splitlines(): U+2028 is no line end here
+        result = run_node("chat_check.mjs", {"pageUrl": page_url, "gatewayUrl": gateway.url, "apiKey": API_KEY,
+                                             "system": SYSTEM, "questions": questions, "timeoutMs": 30000})
         assert "error" not in result, result
         return result
 
