@@ -66,3 +66,20 @@ def app(double, close_apps):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """One real redis-server for the session (started only by tests that ask for Redis)."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    """The session's Redis, emptied first so no test sees another's keys."""
+    redis_server.flush()
+    return redis_server.url
