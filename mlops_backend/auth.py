@@ -1,15 +1,17 @@
-"""Check the API key on protected routes: X-API-Key or Authorization: Bearer, in constant time."""
+"""Who is calling and what may they do: the key (X-API-Key or Bearer), its scope and its models."""
 
 from __future__ import annotations
 
-import hmac
-
-from flask import request
+from flask import g, request
 
 from .errors import ApiError
+from .keys import ApiKey
 
 SCHEME = "ApiKey"
 CHALLENGE = f'{SCHEME} header="X-API-Key", Bearer realm="mlops-backend"'
+#: Who a request is when AUTH_ENABLED=false: one caller with every scope and the default limits.
+ANONYMOUS = ApiKey("anonymous")
+_UNSET = object()
 
 
 def presented_key() -> str | None:
@@ -23,12 +25,38 @@ def presented_key() -> str | None:
     return None
 
 
-def require_api_key(config) -> None:
-    """Refuse the request with 401 unless it carries the configured key (CORS preflights pass)."""
-    if not config.auth_enabled or request.method == "OPTIONS":
-        return
-    key = presented_key()
-    # compare_digest on bytes takes time independent of where the strings differ.
-    if key is None or not hmac.compare_digest(key.encode(), config.api_key.encode()):
-        detail = "Send the API key in X-API-Key or Authorization: Bearer" if key is None else "The API key is not valid"
+def identify(gateway) -> ApiKey | None:
+    """Return the request's key (looked up once per request), or None for a missing or unknown key."""
+    key = g.get("api_key", _UNSET)
+    if key is _UNSET:
+        if not gateway.config.auth_enabled:
+            key = ANONYMOUS
+        else:
+            token = presented_key()
+            key = gateway.keys.identify(token) if token else None
+        g.api_key = key
+    return key
+
+
+def authenticate(gateway) -> ApiKey:
+    """Return the request's key or refuse with 401 (CORS preflights pass as anonymous)."""
+    if request.method == "OPTIONS":
+        return ANONYMOUS
+    key = identify(gateway)
+    if key is None:
+        detail = "Send the API key in X-API-Key or Authorization: Bearer" if presented_key() is None \
+            else "The API key is not valid"
         raise ApiError(401, "Unauthorized", detail, slug="unauthorized", headers={"WWW-Authenticate": CHALLENGE})
+    return key
+
+
+def require_scope(key: ApiKey, scope: str) -> None:
+    """Refuse with 403 when the key lacks `scope` (admin includes use)."""
+    if not key.has_scope(scope):
+        raise ApiError(403, "Forbidden", f"The key {key.name!r} lacks the {scope!r} scope", slug="forbidden")
+
+
+def require_model(key: ApiKey, model: str) -> None:
+    """Refuse with 403 when the key has a model allow-list without `model` on it."""
+    if not key.allows_model(model):
+        raise ApiError(403, "Forbidden", f"The key {key.name!r} may not use the model {model!r}", slug="forbidden")

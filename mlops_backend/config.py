@@ -72,6 +72,30 @@ def _text(name, raw):
     return raw.strip()
 
 
+def _choice(*choices):
+    def parse(name, raw):
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ConfigError(f"{name}={raw!r} must be one of: {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def _storage_uri(name, raw):
+    value = raw.strip()
+    if urlsplit(value).scheme not in ("memory", "redis", "rediss", "redis+unix", "redis+sentinel", "redis+cluster"):
+        raise ConfigError(f"{name}={raw!r} is not memory:// or a redis:// URL")
+    return value
+
+
+def _database_url(name, raw):
+    value = raw.strip()
+    if "://" not in value:
+        raise ConfigError(f"{name}={raw!r} is not a database URL such as sqlite:///usage.db")
+    return value
+
+
 def _setting(env, default, parse, doc):
     return dataclasses.field(default=None, metadata={"env": env, "default": default, "parse": parse, "doc": doc})
 
@@ -137,6 +161,32 @@ class Config:
     allow_unknown_options: bool = _setting(
         "ALLOW_UNKNOWN_OPTIONS", "false", _boolean, "Pass option names the gateway does not know through to Ollama"
     )
+    api_keys_file: str = _setting(
+        "API_KEYS_FILE", "", _text, "JSON or TOML file of named keys (hashes, scopes, limits); managed with `flask keys`"
+    )
+    rate_limit_per_minute: int = _setting(
+        "RATE_LIMIT_PER_MINUTE", "600", _number(int, 0), "Requests per minute per key unless the key sets its own (0: no limit)"
+    )
+    streams_per_key: int = _setting(
+        "STREAMS_PER_KEY", "10", _number(int, 0), "Concurrent streams per key unless the key sets its own (0: no limit)"
+    )
+    rate_limit_storage: str = _setting(
+        "RATE_LIMIT_STORAGE", "memory://", _storage_uri,
+        "Where limits are counted: memory:// (one process) or redis://host:6379/0 (shared by all workers)",
+    )
+    database_url: str = _setting(
+        "DATABASE_URL", "sqlite:///usage.db", _database_url, "Where usage is kept (SQLAlchemy URL; SQLite or PostgreSQL)"
+    )
+    usage_flush_seconds: float = _setting(
+        "USAGE_FLUSH_SECONDS", "2", _number(float, 0.05), "How often each worker writes its usage counts to the database"
+    )
+    metrics_public: bool = _setting(
+        "METRICS_PUBLIC", "false", _boolean, "Serve /metrics without a key (otherwise an admin key is required)"
+    )
+    log_format: str = _setting("LOG_FORMAT", "text", _choice("text", "json"), "text or json (one JSON object per line)")
+    log_prompts: bool = _setting(
+        "LOG_PROMPTS", "false", _boolean, "Put prompts and messages in the request log lines (off: they are never logged)"
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, env_file: str | None = ".env") -> Config:
@@ -164,10 +214,16 @@ class Config:
         return config
 
     def check_security(self):
-        """Refuse to run with auth on and no real key, unless in debug mode."""
-        if self.auth_enabled and not self.debug and self.api_key in ("", PLACEHOLDER_KEY):
+        """Refuse to run with auth on and no real key, unless in debug mode.
+
+        With a keys file the shared API_KEY may be left empty, but never the placeholder.
+        """
+        if not self.auth_enabled or self.debug:
+            return
+        if self.api_key == PLACEHOLDER_KEY or (not self.api_key and not self.api_keys_file):
             what = "empty" if not self.api_key else "still the placeholder from .env.example"
-            raise ConfigError(f"API_KEY is {what}: set a secret key, or AUTH_ENABLED=false to run without auth")
+            raise ConfigError(f"API_KEY is {what}: set a secret key (or API_KEYS_FILE), "
+                              "or AUTH_ENABLED=false to run without auth")
 
     @property
     def public_ollama_url(self) -> str:
