@@ -8,6 +8,7 @@ from flask import Response, current_app, g, json, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
+from . import observe
 from .ollama import OllamaError
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ def stream_error_body(error: Exception) -> dict:
 def handle_ollama_error(error: OllamaError):
     """Map an Ollama failure to its documented status."""
     status, title, slug = describe_ollama_error(error)
+    observe.current().upstream_error = error.kind
     headers = {"Retry-After": error.retry_after} if error.retry_after else None
     return problem_response(status, title, error.detail, slug, headers)
 

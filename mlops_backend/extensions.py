@@ -1,4 +1,4 @@
-"""The gateway's per-app state (config, Ollama client, schemas) and the extensions it binds."""
+"""The gateway's per-app state (config, Ollama client, schemas, keys, limits, usage) and CORS."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from flask import current_app
 from flask_cors import CORS
 
 from .config import Config
+from .keys import KeyRing
 from .ollama import OllamaClient
-from .schemas import ChatRequest, EmbedRequest, GenerateRequest, request_schema
+from .schemas import ChatRequest, EmbedRequest, GenerateRequest, PullRequest, request_schema
+from .usage import UsageStore
 
 KEY = "mlops_backend"
 cors = CORS()
@@ -22,13 +24,27 @@ class Gateway:
     config: Config
     ollama: OllamaClient
     schemas: dict
+    keys: KeyRing
+    usage: UsageStore
+    limits: object = None  # RateLimits, bound to the app by the factory
 
     @classmethod
     def build(cls, config: Config) -> Gateway:
-        """Create the client and the request schemas (bound to the config's limits)."""
+        """Create the client, the request schemas (bound to the config's limits), the keys and the usage store."""
+        from .rate_limits import RateLimits
+
         schemas = {name: request_schema(schema, config)
-                   for name, schema in (("generate", GenerateRequest), ("chat", ChatRequest), ("embed", EmbedRequest))}
-        return cls(config, OllamaClient.from_config(config), schemas)
+                   for name, schema in (("generate", GenerateRequest), ("chat", ChatRequest), ("embed", EmbedRequest),
+                                        ("pull", PullRequest))}
+        gateway = cls(config, OllamaClient.from_config(config), schemas, KeyRing(config.api_key, config.api_keys_file),
+                      UsageStore(config.database_url, config.usage_flush_seconds))
+        gateway.limits = RateLimits(gateway)
+        return gateway
+
+    def close(self) -> None:
+        """Release the Ollama connections and write pending usage (tests build many apps)."""
+        self.ollama.close()
+        self.usage.close()
 
 
 def current_gateway() -> Gateway:

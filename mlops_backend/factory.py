@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 from flask import Flask
 
 from .config import PLACEHOLDER_KEY, Config
 from .errors import register_error_handlers
+from . import observe
 from .extensions import KEY, Gateway, cors
 from .request_context import add_request_id_header, assign_request_id, configure_logging
 
 log = logging.getLogger(__name__)
 
 CORS_HEADERS = ["Content-Type", "X-API-Key", "Authorization", "X-Request-ID"]
-EXPOSED_HEADERS = ["X-Request-ID", "Retry-After", "WWW-Authenticate"]
+EXPOSED_HEADERS = ["X-Request-ID", "Retry-After", "WWW-Authenticate", "RateLimit-Limit", "RateLimit-Remaining",
+                   "RateLimit-Reset"]
 
 
 def create_app(config: Config | dict | None = None) -> Flask:
@@ -24,9 +27,11 @@ def create_app(config: Config | dict | None = None) -> Flask:
     app.config.update(MAX_CONTENT_LENGTH=config.max_body_bytes, DEBUG=config.debug)
     app.json.sort_keys = False
     app.json.ensure_ascii = False
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format)
     register_gateway(app, config)
     register_request_hooks(app)
+    register_rate_limits(app)
+    register_commands(app)
     register_error_handlers(app)
     register_cors(app, config)
     register_docs(app)
@@ -43,6 +48,7 @@ def init_gateway(app: Flask, url_prefix: str = "", config: Config | dict | None 
     config = _as_config(config)
     register_gateway(app, config, url_prefix)
     register_request_hooks(app, scoped=True)
+    register_rate_limits(app)
     prefix = url_prefix.rstrip("/")
     cors.init_app(app, resources={rf"{prefix}/api/*": _cors_options(config)})
     warn_about_config(config)
@@ -67,13 +73,29 @@ def register_gateway(app: Flask, config: Config, url_prefix: str = "") -> None:
 
 
 def register_request_hooks(app: Flask, scoped: bool = False) -> None:
-    """Give responses a request id: every response of our app, or only our blueprints' when mounted."""
+    """Give requests an id and an observation (metrics, usage, log line): every request of our app,
+    or only our blueprints' when mounted."""
     from .blueprints import BLUEPRINTS
 
+    complete = partial(observe.complete, app.extensions[KEY])
     for key in [bp.name for bp in BLUEPRINTS] if scoped else [None]:
-        # Ours run first, so even a 401 from the key check carries the id.
-        app.before_request_funcs.setdefault(key, []).insert(0, assign_request_id)
-        app.after_request_funcs.setdefault(key, []).append(add_request_id_header)
+        # Ours run first, so even a 401 from the key check carries the id and is observed.
+        app.before_request_funcs.setdefault(key, [])[0:0] = [assign_request_id, observe.begin]
+        app.after_request_funcs.setdefault(key, []).extend([add_request_id_header, complete])
+
+
+def register_rate_limits(app: Flask) -> None:
+    """Requests per minute and concurrent streams per key (Flask-Limiter)."""
+    from .blueprints import LIMITED
+
+    app.extensions[KEY].limits.init_app(app, LIMITED)
+
+
+def register_commands(app: Flask) -> None:
+    """`flask keys create|list|revoke`."""
+    from .cli import keys_command
+
+    app.cli.add_command(keys_command)
 
 
 def register_cors(app: Flask, config: Config) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import time
 import uuid
 
 from flask import g, has_request_context, request
@@ -27,21 +29,46 @@ def add_request_id_header(response):
 
 
 class RequestIdFilter(logging.Filter):
-    """Put the current request's id on every log record (`-` outside a request)."""
+    """Put the request's id on every log record (`-` outside a request)."""
 
     def filter(self, record):
-        record.request_id = g.get("request_id", "-") if has_request_context() else "-"
+        fields = getattr(record, "fields", None)
+        if fields and "request_id" in fields:
+            record.request_id = fields["request_id"]  # a line written after the response closed
+        else:
+            record.request_id = g.get("request_id", "-") if has_request_context() else "-"
         return True
 
 
-def configure_logging(level: str) -> None:
-    """Log to stderr with the request id, once per process."""
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, request id, message, and a record's `fields`."""
+
+    def format(self, record):
+        line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+                + f".{int(record.msecs):03d}Z", "level": record.levelname, "logger": record.name,
+                "request_id": record.request_id}
+        fields = getattr(record, "fields", None)
+        if fields:
+            line["message"] = "request"
+            line.update(fields)
+        else:
+            line["message"] = record.getMessage()
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"
+
+
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """Log to stderr with the request id, as text or JSON lines; once per process."""
     root = logging.getLogger("mlops_backend")
     root.setLevel(level)
     if any(isinstance(f, RequestIdFilter) for h in root.handlers for f in h.filters):
         return
     handler = logging.StreamHandler()
     handler.addFilter(RequestIdFilter())
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     root.addHandler(handler)
     root.propagate = False

@@ -19,6 +19,7 @@ CONTENT_TYPE = "text/event-stream; charset=utf-8"
 # each event on at once even where proxy_buffering is on (its default).
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 HEARTBEAT = b": keep-alive\n\n"
+PROGRESS = ("status", "digest", "total", "completed")
 STATISTICS = ("done_reason", "total_duration", "load_duration", "prompt_eval_count", "eval_count", "eval_duration")
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -87,13 +88,27 @@ def chunk_events(obj: dict, out: list) -> bool:
     return False
 
 
-def stream_response(open_stream, heartbeat: float, status_wait: float) -> Response:
+def progress_events(obj: dict, out: list) -> bool:
+    """Append the event for one line of a pull's progress; return True for the final "success"."""
+    if "error" in obj:
+        raise OllamaStreamError(str(obj["error"]) or "Ollama reported an error")
+    if obj.get("status") == "success":
+        out.append(event({"done": True, "status": "success"}))
+        return True
+    out.append(event({key: obj[key] for key in PROGRESS if key in obj}))
+    return False
+
+
+def stream_response(open_stream, heartbeat: float, status_wait: float, observation,
+                    events=chunk_events, fast=text_event) -> Response:
     """Start the upstream call and answer with its SSE relay.
 
     We wait up to `status_wait` for Ollama's status line, so early failures (unknown model,
     busy, unreachable) keep their HTTP status; past that the 200 starts and heartbeats cover
     Ollama's silence. A watch on the client's socket interrupts the upstream call the moment
-    the client leaves, in either phase.
+    the client leaves, in either phase. `events` frames each parsed upstream object; `fast`, if
+    given, frames common lines without parsing them. `observation` learns the time to the first
+    token, the token counts and how the stream ended.
     """
     stream = open_stream()
     watch = ClientWatch(request.environ, stream.interrupt)
@@ -106,11 +121,12 @@ def stream_response(open_stream, heartbeat: float, status_wait: float) -> Respon
             return Response(status=499)
         raise
     # direct_passthrough: our events are bytes already, so Werkzeug need not re-encode each one.
-    return Response(stream_with_context(_relay(stream, ready, watch, heartbeat)), content_type=CONTENT_TYPE,
-                    headers=HEADERS, direct_passthrough=True)
+    observation.stream_opened()
+    return Response(stream_with_context(_relay(stream, ready, watch, heartbeat, observation, events, fast)),
+                    content_type=CONTENT_TYPE, headers=HEADERS, direct_passthrough=True)
 
 
-def _relay(stream, ready, watch, heartbeat):
+def _relay(stream, ready, watch, heartbeat, observation, events, fast):
     """Yield the SSE bytes of one stream; it always ends with a done or an error event."""
     out = []
     try:
@@ -123,22 +139,27 @@ def _relay(stream, ready, watch, heartbeat):
             if lines is None:
                 raise OllamaBadResponse("Ollama's stream ended before its final message")
             if lines:
+                observation.chunks += len(lines)
                 for line in lines:
-                    fast = text_event(line)
-                    if fast is not None:
-                        if fast:
-                            out.append(fast)
+                    framed = fast(line) if fast is not None else None
+                    if framed is not None:
+                        if framed:
+                            out.append(framed)
                         continue
                     try:
                         obj = json.loads(line)
                     except ValueError:
                         raise OllamaBadResponse("Ollama sent a line that is not JSON") from None
-                    if chunk_events(obj, out):
+                    if events(obj, out):
+                        observation.statistics(obj)
+                        observation.first_token()
                         yield b"".join(out)
                         return
                 if not out:
                     continue
                 data, out = b"".join(out), []
+                if observation.ttft is None:
+                    observation.first_token()
             else:
                 data = HEARTBEAT
             yield data
@@ -146,8 +167,10 @@ def _relay(stream, ready, watch, heartbeat):
     except Exception as exc:  # every failure of a started stream becomes its final event
         if watch.gone:
             log.info("Client went away; upstream call closed")
+            observation.client_gone = True
             return
         error = _as_ollama_error(exc)
+        observation.stream_failed, observation.upstream_error = True, error.kind
         log.warning("Stream ended with an error: %s", error.detail)
         yield b"".join(out) + event(stream_error_body(error))
     finally:

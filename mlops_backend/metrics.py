@@ -1,0 +1,64 @@
+"""Prometheus metrics, counted across every gunicorn worker.
+
+prometheus_client's multiprocess mode keeps each worker's values in files under
+PROMETHEUS_MULTIPROC_DIR (gunicorn.conf.py sets and empties it); /metrics merges them. Without
+that variable (tests, `flask run`) the process's own registry is served.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram,
+                               disable_created_metrics, generate_latest)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# The *_created series double the output and multiprocess mode has none: leave them out everywhere.
+disable_created_metrics()
+#: Requests and streams both: from a few milliseconds to many minutes.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+REQUESTS = Counter("mlops_requests_total", "Requests answered, by route, method and status",
+                   ["route", "method", "status"])
+DURATION = Histogram("mlops_request_duration_seconds", "Time from request to the end of the response (streams: "
+                     "until the last event)", ["route"], buckets=DURATION_BUCKETS)
+TTFT = Histogram("mlops_time_to_first_token_seconds", "Time from request to the first text or thinking event of a "
+                 "stream", ["route"], buckets=TTFT_BUCKETS)
+TOKENS_RELAYED = Counter("mlops_tokens_relayed_total", "Token chunks relayed to clients in streams", ["route"])
+TOKENS = Counter("mlops_llm_tokens_total", "Tokens Ollama counted (prompt_eval_count, eval_count), by model",
+                 ["model", "type"])
+ACTIVE_STREAMS = Gauge("mlops_active_streams", "Streams open now", multiprocess_mode="livesum")
+UPSTREAM_ERRORS = Counter("mlops_upstream_errors_total", "Ollama failures, by kind", ["kind"])
+RATE_LIMITED = Counter("mlops_rate_limited_total", "Requests refused with 429, by limit", ["limit"])
+
+
+def exposition() -> tuple[bytes, str]:
+    """Return the text of every metric (all workers' when in multiprocess mode) and its content type."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def record(observation) -> None:
+    """Count one finished request."""
+    route = observation.route
+    REQUESTS.labels(route, observation.method, str(observation.status)).inc()
+    DURATION.labels(route).observe(observation.duration)
+    if observation.ttft is not None:
+        TTFT.labels(route).observe(observation.ttft)
+    if observation.chunks:
+        TOKENS_RELAYED.labels(route).inc(observation.chunks)
+    if observation.model:
+        if observation.tokens_in:
+            TOKENS.labels(observation.model, "prompt").inc(observation.tokens_in)
+        if observation.tokens_out:
+            TOKENS.labels(observation.model, "completion").inc(observation.tokens_out)
+    if observation.upstream_error:
+        UPSTREAM_ERRORS.labels(observation.upstream_error).inc()
+    if observation.limited:
+        RATE_LIMITED.labels(observation.limited).inc()
