@@ -140,6 +140,14 @@ class OllamaClient:
             data = self._json("GET", "/api/ps", timeout=(self.connect_timeout, self.first_byte_timeout))
         return data.get("models") or []
 
+    def delete(self, name: str) -> None:
+        """Delete an installed model (ModelNotFound if it is not installed)."""
+        with deadline(self.request_timeout, "Deleting the model"):
+            response = self._send("DELETE", "/api/delete", json={"model": name},
+                                  timeout=(self.connect_timeout, self.first_byte_timeout))
+            with response:
+                _raise_for_status(response.status_code, response.headers, response.content, "/api/delete", name)
+
     def call(self, path: str, payload: dict) -> dict:
         """POST `payload` with stream false and return the JSON answer (the fast path)."""
         with deadline(self.request_timeout, "The call to Ollama"):

@@ -146,3 +146,28 @@ class Problem(Schema):
     detail = fields.String(metadata={"example": "Invalid fields: options.temperature"})
     request_id = fields.String(metadata={"example": "6f1c0a6e1f7c4d0f9d1c2b3a4e5f6a7b"})
     errors = fields.List(fields.Nested(FieldError), metadata={"description": "One entry per bad field (422 only)"})
+
+
+class PullEvent(Schema):
+    """One event of /api/llm/models/pull: progress, then `{"done": true, "status": "success"}` or an error."""
+
+    status = fields.String(metadata={"example": "pulling dde5aa3fc5ff"})
+    digest = fields.String(metadata={"example": "sha256:dde5aa3fc5ff"})
+    total = fields.Integer(metadata={"description": "Bytes in this layer", "example": 2019377376})
+    completed = fields.Integer(metadata={"description": "Bytes of this layer downloaded so far"})
+    done = fields.Boolean()
+    error = fields.Nested(StreamError)
+
+
+class UsageRow(Schema):
+    key_name = fields.String(metadata={"example": "web-frontend"})
+    model = fields.String(metadata={"description": "Empty for requests that name no model (lists, refusals)",
+                                    "example": "llama3.2"})
+    requests = fields.Integer()
+    prompt_tokens = fields.Integer(metadata={"description": "Sum of Ollama's prompt_eval_count"})
+    completion_tokens = fields.Integer(metadata={"description": "Sum of Ollama's eval_count"})
+    errors = fields.Integer(metadata={"description": "Requests answered with 4xx/5xx or ended by an error event"})
+
+
+class UsageResponse(Schema):
+    usage = fields.List(fields.Nested(UsageRow))

@@ -248,6 +248,16 @@ class EmbedRequest(Schema):
     limits = None
 
 
+class PullRequest(Schema):
+    """Body of /api/llm/models/pull."""
+
+    class Meta:
+        unknown = RAISE
+
+    model = fields.String(required=True, validate=validate.Length(min=1, max=256), metadata={"example": "llama3.2"})
+    insecure = fields.Boolean(metadata={"description": "Allow a registry without TLS (Ollama's flag)"})
+
+
 def request_schema(schema_class, config) -> Schema:
     """Return a schema instance bound to the config's limits and its unknown-option policy."""
     schema = schema_class()

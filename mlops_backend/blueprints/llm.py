@@ -5,8 +5,8 @@ from __future__ import annotations
 from flask import Blueprint, json, request
 from marshmallow import ValidationError
 
-from .. import sse
-from ..auth import require_api_key
+from .. import observe, sse
+from ..auth import authenticate, require_model, require_scope
 from ..errors import ApiError, register_error_handlers
 from ..extensions import current_gateway
 
@@ -27,10 +27,23 @@ def pick(result: dict, keys: tuple) -> dict:
 
 @bp.before_request
 def guard():
-    """Cap the body, then check the key (the request id is assigned before, so a 401 carries it)."""
+    """Cap the body, then check the key and its scope (the request id is assigned before, so a 401 carries it)."""
     gateway = current_gateway()
     request.max_content_length = gateway.config.max_body_bytes
-    require_api_key(gateway.config)
+    require_scope(authenticate(gateway), "use")
+
+
+def use_model(model: str) -> str:
+    """Check the key may use `model`, and note it for usage, metrics and the log line."""
+    observe.current().model = model
+    require_model(authenticate(current_gateway()), model)
+    return model
+
+
+def counted(result: dict) -> dict:
+    """Note an answer's token counts, and pass it on."""
+    observe.current().statistics(result)
+    return result
 
 
 def json_body() -> dict:
@@ -54,6 +67,9 @@ def payload(kind: str) -> dict:
         if not gateway.config.default_model:
             raise ValidationError({"model": ["Missing: name a model (no DEFAULT_MODEL is configured)."]})
         data["model"] = gateway.config.default_model
+    use_model(data["model"])
+    if gateway.config.log_prompts:
+        observe.current().prompt = {key: data[key] for key in ("system", "prompt", "messages", "input") if key in data}
     return data
 
 
@@ -69,7 +85,8 @@ def models():
           application/json:
             schema: ModelsResponse
     """
-    return {"models": current_gateway().ollama.tags()}
+    key = authenticate(current_gateway())
+    return {"models": [model for model in current_gateway().ollama.tags() if key.allows_model(model.get("name", ""))]}
 
 
 @bp.post("/api/llm/generate")
@@ -90,7 +107,7 @@ def generate():
           application/json:
             schema: GenerateResponse
     """
-    return pick(current_gateway().ollama.call("/api/generate", payload("generate")), GENERATE_FIELDS)
+    return pick(counted(current_gateway().ollama.call("/api/generate", payload("generate"))), GENERATE_FIELDS)
 
 
 @bp.post("/api/llm/stream")
@@ -121,12 +138,14 @@ def stream():
     return relay("/api/generate", payload("generate"))
 
 
-def relay(path: str, body: dict):
-    """Answer with the SSE relay of a streamed Ollama call."""
+def relay(path: str, body: dict, **framing):
+    """Answer with the SSE relay of a streamed Ollama call, holding one of the key's stream slots."""
     gateway = current_gateway()
     config = gateway.config
+    observation = observe.current()
+    observation.on_finish.append(gateway.limits.acquire_stream(authenticate(gateway)))
     return sse.stream_response(lambda: gateway.ollama.open_stream(path, body), config.sse_heartbeat_seconds,
-                               config.stream_status_wait)
+                               config.stream_status_wait, observation, **framing)
 
 
 @bp.get("/api/llm/models/<path:name>")
@@ -143,7 +162,7 @@ def model_details(name):
           application/json:
             schema: ModelInfo
     """
-    return current_gateway().ollama.show(name)
+    return current_gateway().ollama.show(use_model(name))
 
 
 @bp.get("/api/llm/running")
@@ -158,7 +177,8 @@ def running():
           application/json:
             schema: RunningResponse
     """
-    return {"models": current_gateway().ollama.running()}
+    key = authenticate(current_gateway())
+    return {"models": [model for model in current_gateway().ollama.running() if key.allows_model(model.get("name", ""))]}
 
 
 @bp.post("/api/llm/chat")
@@ -180,7 +200,7 @@ def chat():
           application/json:
             schema: ChatResponse
     """
-    return pick(current_gateway().ollama.call("/api/chat", payload("chat")), CHAT_FIELDS)
+    return pick(counted(current_gateway().ollama.call("/api/chat", payload("chat"))), CHAT_FIELDS)
 
 
 @bp.post("/api/llm/chat/stream")
@@ -231,4 +251,52 @@ def embed():
     if size > limit:
         raise ApiError(413, "Inputs too large", f"The inputs total {size} bytes; EMBED_MAX_BYTES is {limit}",
                        slug="inputs-too-large")
-    return pick(current_gateway().ollama.call("/api/embed", body), EMBED_FIELDS)
+    return pick(counted(current_gateway().ollama.call("/api/embed", body)), EMBED_FIELDS)
+
+
+@bp.post("/api/llm/models/pull")
+def pull_model():
+    """Download a model to Ollama, streaming its progress as Server-Sent Events (admin scope).
+    ---
+    tags: [models]
+    requestBody:
+      required: true
+      content:
+        application/json:
+          schema: PullRequest
+          example: {"model": "llama3.2"}
+    responses:
+      200:
+        description: |
+          `text/event-stream`: one `{"status", "digest"?, "total"?, "completed"?}` event per progress
+          line from Ollama, then `{"done": true, "status": "success"}` or
+          `{"error": {"title", "status", "detail"}, "done": true}` (a registry or name error arrives
+          this way, after the stream has started). `:` lines are heartbeats.
+        content:
+          text/event-stream:
+            schema: PullEvent
+      403:
+        description: The key lacks the admin scope, or the model is outside its allow-list.
+    """
+    require_scope(authenticate(current_gateway()), "admin")
+    body = current_gateway().schemas["pull"].load(json_body())
+    use_model(body["model"])
+    return relay("/api/pull", body, events=sse.progress_events, fast=None)
+
+
+@bp.delete("/api/llm/models/<path:name>")
+def delete_model(name):
+    """Delete an installed model from Ollama (admin scope).
+    ---
+    tags: [models]
+    parameters:
+      - {name: name, in: path, required: true, schema: {type: string}, example: "llama3.2:latest"}
+    responses:
+      204:
+        description: Deleted.
+      403:
+        description: The key lacks the admin scope, or the model is outside its allow-list.
+    """
+    require_scope(authenticate(current_gateway()), "admin")
+    current_gateway().ollama.delete(use_model(name))
+    return "", 204
