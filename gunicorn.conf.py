@@ -4,13 +4,18 @@ Run with `gunicorn -c gunicorn.conf.py wsgi:app`. Every value can be overridden 
 environment (the variables below) or on gunicorn's command line.
 """
 
+import glob
+import logging
 import multiprocessing
 import os
+import shutil
 import sys
+import tempfile
 
 from dotenv import load_dotenv
 
 from mlops_backend.config import Config, ConfigError
+from mlops_backend.keys import KeyFileError, read_entries
 
 # .env feeds both the app's Config and the GUNICORN_* settings below; real variables win.
 load_dotenv(".env", override=False)
@@ -18,7 +23,9 @@ load_dotenv(".env", override=False)
 # Validate the whole config in the master, before any worker starts: one clear line, no traceback.
 try:
     _config = Config.from_env()
-except ConfigError as error:
+    if _config.api_keys_file:
+        read_entries(_config.api_keys_file)
+except (ConfigError, KeyFileError) as error:
     sys.stderr.write(f"mlops-backend: configuration error: {error}\n")
     sys.exit(2)
 
@@ -42,7 +49,9 @@ forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 preload_app = False
 
 loglevel = _config.log_level.lower()
-accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-")
+# The app writes one structured line per request itself (LOG_FORMAT=text|json: key name, model,
+# tokens, time to first token), so gunicorn's own access log is off unless asked for.
+accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
 errorlog = "-"
 # %({x-request-id}o)s is the id the app put on the response: the same one its own log lines carry.
 # fwd= is the client address nginx forwards (X-Forwarded-For), since %(h)s is nginx itself there.
@@ -50,3 +59,37 @@ access_log_format = '%(h)s fwd=%({x-forwarded-for}i)s "%(r)s" %(s)s %(B)s %(M)sm
 # gunicorn's control socket (a file under $HOME) is not needed to run the gateway; containers
 # and read-only homes are simpler without it.
 control_socket_disable = True
+
+# Prometheus multiprocess mode: every worker writes its metrics to files in this directory and
+# /metrics merges them. It must be empty at start (stale files would be counted) and exist
+# before the workers import prometheus_client.
+_metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+_own_metrics_dir = not _metrics_dir
+if _own_metrics_dir:
+    _metrics_dir = tempfile.mkdtemp(prefix="mlops-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+else:
+    os.makedirs(_metrics_dir, exist_ok=True)
+    for _stale in glob.glob(os.path.join(_metrics_dir, "*.db")):
+        os.remove(_stale)
+
+
+def child_exit(server, worker):
+    """Drop a dead worker's live gauges (active streams) from /metrics; its counters stay counted."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _own_metrics_dir:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)
+
+
+def on_starting(server):
+    """Warn once, in the master, when limits would be counted per worker."""
+    if _config.rate_limit_storage.startswith("memory://") and server.cfg.workers > 1:
+        logging.getLogger("gunicorn.error").warning(
+            "RATE_LIMIT_STORAGE=memory:// with %d workers: each worker counts limits on its own, so a key can "
+            "make up to %d times its limit; set RATE_LIMIT_STORAGE=redis://... to share them", server.cfg.workers,
+            server.cfg.workers)
