@@ -52,13 +52,14 @@ def close_apps():
     apps = []
     yield apps.append
     for built in apps:
-        built.extensions["mlops_backend"].ollama.close()
+        built.extensions["mlops_backend"].close()
 
 
 @pytest.fixture
 def app(double, close_apps):
     """An in-process app (Flask's test client) for checks that need no real server."""
-    built = create_app({"API_KEY": API_KEY, "OLLAMA_BASE_URL": double.url, "DEFAULT_MODEL": "llama3.2"})
+    built = create_app({"API_KEY": API_KEY, "OLLAMA_BASE_URL": double.url, "DEFAULT_MODEL": "llama3.2",
+                        "DATABASE_URL": "sqlite://"})
     close_apps(built)
     return built
 

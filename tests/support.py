@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "test-key-0123456789abcdef0123456789"
 AUTH = {"X-API-Key": API_KEY}
 CONFIG_VARIABLES = ("OLLAMA_", "API_KEY", "AUTH_ENABLED", "HOST", "PORT", "DEBUG", "ALLOWED_ORIGINS", "DEFAULT_MODEL",
-                    "MAX_BODY_BYTES", "LOG_LEVEL", "SSE_", "STREAM_", "ALLOW_UNKNOWN", "WEB_CONCURRENCY", "GUNICORN_")
+                    "MAX_BODY_BYTES", "LOG_", "SSE_", "STREAM_", "ALLOW_UNKNOWN", "WEB_CONCURRENCY", "GUNICORN_",
+                    "RATE_LIMIT", "DATABASE_URL", "USAGE_", "METRICS_", "PROMETHEUS_", "MAX_", "EMBED_")
 
 
 def free_port() -> int:
@@ -42,8 +43,16 @@ class GatewayProcess:
         self.env = {**base, "PYTHONPATH": str(ROOT), "HOST": "127.0.0.1", "PORT": str(self.port),
                     "OLLAMA_BASE_URL": ollama_url, "API_KEY": API_KEY, "WEB_CONCURRENCY": "1",
                     "SSE_HEARTBEAT_SECONDS": "0.5", "DEFAULT_MODEL": "llama3.2", "LOG_LEVEL": "info",
-                    "GUNICORN_GRACEFUL_TIMEOUT": "10", **{k: str(v) for k, v in env.items()}}
+                    "GUNICORN_GRACEFUL_TIMEOUT": "10",
+                    # Limits off unless a test sets them: most tests open many streams with one key.
+                    "RATE_LIMIT_PER_MINUTE": "0", "STREAMS_PER_KEY": "0",
+                    **{k: str(v) for k, v in env.items()}}
         self.process = None
+
+    @property
+    def workdir(self) -> str:
+        """The gunicorn's working directory (its default usage.db lives here)."""
+        return self._workdir.name
 
     def start(self, timeout: float = 20.0) -> GatewayProcess:
         self.process = subprocess.Popen(

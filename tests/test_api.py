@@ -248,7 +248,7 @@ def test_request_id_is_kept_or_made(gateway):
     response = requests.get(gateway.url + "/health", headers={"X-Request-ID": "bad id with spaces"})
     assert response.headers["X-Request-ID"] not in ("", "bad id with spaces")
     time.sleep(0.2)
-    assert "rid=abc-123" in gateway.log()
+    assert "[abc-123] mlops_backend.access: GET /health 200" in gateway.log()
 
 
 def test_key_never_reaches_logs_or_bodies(gateway):

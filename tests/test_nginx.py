@@ -188,7 +188,9 @@ def test_deploy_config_forwards_a_request_id_nginx_and_the_gateway_share(start_g
     assert lines[2].split()[0] == replaced.headers["X-Request-ID"], lines
     assert re.fullmatch(r"[0-9a-f]{32}", made.headers["X-Request-ID"])
     time.sleep(0.2)
-    assert f"rid={made.headers['X-Request-ID']}" in gateway.log()
+    # The gateway's own request line carries the same id, and the client address nginx forwarded.
+    assert re.search(rf"\[{made.headers['X-Request-ID']}\] mlops_backend.access: GET /health 200 .* "
+                     r"forwarded_for=127\.0\.0\.1", gateway.log()), gateway.log()
 
 
 def test_deploy_config_accepts_bodies_up_to_the_gateways_limit(start_gateway, run_nginx):

@@ -80,7 +80,8 @@ def abort_streams(gw, count: int, concurrent: int = 25):
 
 
 def test_aborted_streams_release_fds_and_memory(start_gateway, double):
-    gw = start_gateway()
+    # Usage is written within 0.2 s, so the database file is open before the measure starts.
+    gw = start_gateway(USAGE_FLUSH_SECONDS="0.2")
     (worker,) = gw.worker_pids()
     double.script(tokens=["t"] * 400, delay=0.02)
     abort_streams(gw, 50)  # warm up: imports, pools and caches settle
