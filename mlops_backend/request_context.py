@@ -46,7 +46,7 @@ class JsonFormatter(logging.Formatter):
     def format(self, record):
         line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
                 + f".{int(record.msecs):03d}Z", "level": record.levelname, "logger": record.name,
-                "request_id": record.request_id}
+                "pid": record.process, "request_id": record.request_id}
         fields = getattr(record, "fields", None)
         if fields:
             line["message"] = "request"
@@ -58,7 +58,8 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False, default=str)
 
 
-TEXT_FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"
+# The pid tells gunicorn's workers apart.
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(process)d [%(request_id)s] %(name)s: %(message)s"
 
 
 def configure_logging(level: str, log_format: str = "text") -> None:
