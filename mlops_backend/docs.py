@@ -21,10 +21,13 @@ EXTENSION_KEY = "mlops_backend.openapi"
 
 DESCRIPTION = """An authenticated gateway in front of an Ollama server.
 
-Send the API key in `X-API-Key` (or `Authorization: Bearer <key>`). Every error is
-`application/problem+json` (RFC 9457). Streams are Server-Sent Events; see `POST /api/llm/stream`."""
+Send the API key in `X-API-Key` (or `Authorization: Bearer <key>`). Keys have scopes: `use` for
+the LLM routes, `admin` also for model management, usage and metrics. Every error is
+`application/problem+json` (RFC 9457). Streams are Server-Sent Events; see `POST /api/llm/stream`.
+Responses of keyed routes carry `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`."""
 
-KEYED_ERRORS = {"401": "Missing or wrong API key"}
+KEYED_ERRORS = {"401": "Missing or wrong API key", "403": "The key lacks the scope, or the model is outside its allow-list",
+                "429": "Over the key's requests per minute or concurrent streams (Retry-After, RateLimit-* headers)"}
 BODY_ERRORS = {"400": "Malformed JSON or a body that is not a JSON object", "413": "Body over MAX_BODY_BYTES",
                "422": "A field is invalid; `errors` names each one"}
 OLLAMA_ERRORS = {"404": "Unknown model", "502": "Ollama failed or answered badly",
@@ -94,7 +97,7 @@ def _operation(view, rule) -> dict:
     operation.setdefault("summary", summary.strip())
     operation.setdefault("operationId", rule.endpoint.replace(".", "_"))
     responses = operation.setdefault("responses", {"200": {"description": "OK"}})
-    public = operation.get("security") == [] or not rule.endpoint.startswith("llm.")
+    public = operation.get("security") == [] or not rule.endpoint.startswith(("llm.", "admin."))
     if public:
         operation["security"] = []
         operation.setdefault("tags", ["docs"])
