@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up and run every test: venv with the pinned test dependencies, the system packages the
-# proxy and browser tests use (nginx, Chromium, playwright-core; installed as root), then pytest.
+# proxy, browser and rate-limit tests use (nginx, Chromium, Redis, playwright-core; installed as root),
+# then pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
