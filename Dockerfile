@@ -18,14 +18,18 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HOST=0.0.0.0 \
-    PORT=8000
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gateway
+    PORT=8000 \
+    DATABASE_URL=sqlite:////data/usage.db
+# /data holds the usage database (and a keys file, if API_KEYS_FILE points there): mount a volume.
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gateway \
+    && mkdir /data && chown gateway /data
 WORKDIR /app
 COPY --from=build /opt/venv /opt/venv
 COPY mlops_backend/ mlops_backend/
 COPY wsgi.py gunicorn.conf.py ./
 COPY --from=assets /assets/package/bundles/redoc.standalone.js mlops_backend/static/redoc/
 USER gateway
+VOLUME /data
 EXPOSE 8000
 # Liveness only (never calls Ollama), so a slow model load does not mark the gateway unhealthy.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \

@@ -54,6 +54,13 @@ def test_compose_wires_the_gateway_to_ollama():
     assert "ollama" in gateway["depends_on"]
     assert gateway["ports"] == ["8000:8000"]
     assert "API_KEY" in gateway["environment"]
+    # Limits shared by the workers through Redis; usage and keys on a volume.
+    assert compose["services"]["redis"]["image"].startswith("redis:") and "redis" in gateway["depends_on"]
+    assert gateway["environment"]["RATE_LIMIT_STORAGE"] == "redis://redis:6379/0"
+    data = gateway["volumes"][0].split(":")
+    assert data[0] in compose["volumes"] and data[1] == "/data"
+    assert gateway["environment"]["DATABASE_URL"] == "sqlite:////data/usage.db"
+    assert gateway["environment"]["API_KEYS_FILE"].startswith("/data/")
 
 
 def test_package_version_matches_and_install_gives_the_package(tmp_path):
