@@ -191,9 +191,13 @@ class Env:
         env.update({
             "OLLAMA_BASE_URL": f"http://{HOST}:{self.up_port}",
             "API_KEY": API_KEY, "AUTH_ENABLED": "true", "PORT": str(self.gw_port),
-            "HOST": HOST, "WEB_CONCURRENCY": "1", "LOG_LEVEL": "warning",
+            "HOST": HOST, "WEB_CONCURRENCY": "1", "LOG_LEVEL": "info",  # one line per request, as deployed
             "DEFAULT_MODEL": BENCH_MODEL, "ALLOW_UNKNOWN_OPTIONS": "true",
-            "GUNICORN_WORKER_CONNECTIONS": "12000", "PYTHONUNBUFFERED": "1"})
+            "GUNICORN_WORKER_CONNECTIONS": "12000", "PYTHONUNBUFFERED": "1",
+            # One key sends thousands of requests a second: no per-key limit fits that, so limits are
+            # off (their hooks still run); usage, metrics and the request log line stay on.
+            "RATE_LIMIT_PER_MINUTE": "0", "STREAMS_PER_KEY": "0",
+            "DATABASE_URL": f"sqlite:///{self.log_dir}/usage.db"})
         cmd = taskset(0) + [venv_python(), "-m", "gunicorn", "-c", "gunicorn.conf.py",
                             "wsgi:app"]
         mode = "ab" if self.gateway_starts else "wb"
