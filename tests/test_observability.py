@@ -22,7 +22,8 @@ from tests.support import API_KEY, AUTH, sse_events, sse_items
 CLOSE = {"Connection": "close"}
 KEYED = {**AUTH, **CLOSE}
 # `2026-11-26 17:23:54,686 INFO 17030 [p-2] mlops_backend.access: GET /api/llm/models 200 9.1ms ...`
-TEXT_ACCESS_LINE = re.compile(r"^\S+ \S+ INFO (\d+) \[([^\]]+)\] mlops_backend\.access: (\S+) (\S+) (\d+) ", re.M)
+TEXT_ACCESS_LINE = re.compile(r"^\S+ \S+ INFO (\d+) \[([^\]]+)\] mlops_backend\.access: (\S+) (\S+) (\d+) ",
+                              re.MULTILINE)
 ACCESS_FIELDS = {"request_id", "key", "method", "route", "path", "status", "duration_ms", "model", "ttft_ms",
                  "tokens_in", "tokens_out", "client", "forwarded_for"}
 
@@ -235,8 +236,8 @@ def test_usage_per_key_and_model_across_workers_and_restarts(start_gateway, doub
     other = new_token()
     keys_file = tmp_path / "keys.json"
     write_entries(str(keys_file), [make_entry("batch", other, ["use"])])
-    settings = dict(WEB_CONCURRENCY="2", USAGE_FLUSH_SECONDS="0.2", DATABASE_URL=f"sqlite:///{tmp_path / 'usage.db'}",
-                    API_KEYS_FILE=str(keys_file))
+    settings = {"WEB_CONCURRENCY": "2", "USAGE_FLUSH_SECONDS": "0.2",
+                "DATABASE_URL": f"sqlite:///{tmp_path / 'usage.db'}", "API_KEYS_FILE": str(keys_file)}
     gateway = start_gateway(**settings)
 
     double.script(tokens=["one", " two", " three"])
