@@ -21,13 +21,20 @@ from mlops_backend.keys import KeyFileError, read_entries
 load_dotenv(".env", override=False)
 
 # Validate the whole config in the master, before any worker starts: one clear line, no traceback.
+# gunicorn reads this file again on SIGHUP; the marker tells that reload from the first start.
+_reloading = os.environ.get("MLOPS_GUNICORN_CONFIGURED") == "1"
+os.environ["MLOPS_GUNICORN_CONFIGURED"] = "1"
 try:
     _config = Config.from_env()
     if _config.api_keys_file:
         read_entries(_config.api_keys_file)
 except (ConfigError, KeyFileError) as error:
     sys.stderr.write(f"mlops-backend: configuration error: {error}\n")
-    sys.exit(2)
+    if not _reloading or isinstance(error, ConfigError):
+        sys.exit(2)
+    # A broken keys file on SIGHUP must not take the running gateway down: the new workers log it
+    # and accept only API_KEY until the file is fixed (they re-read it when it changes).
+    _config = Config.from_env()
 
 bind = f"{_config.host}:{_config.port}"
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
@@ -64,14 +71,15 @@ control_socket_disable = True
 # /metrics merges them. It must be empty at start (stale files would be counted) and exist
 # before the workers import prometheus_client.
 _metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-_own_metrics_dir = not _metrics_dir
-if _own_metrics_dir:
-    _metrics_dir = tempfile.mkdtemp(prefix="mlops-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
-else:
-    os.makedirs(_metrics_dir, exist_ok=True)
-    for _stale in glob.glob(os.path.join(_metrics_dir, "*.db")):
-        os.remove(_stale)
+if not _reloading:  # on SIGHUP the running workers' files stay: the counts go on
+    if not _metrics_dir:
+        _metrics_dir = tempfile.mkdtemp(prefix="mlops-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+        os.environ["MLOPS_OWN_METRICS_DIR"] = "1"
+    else:
+        os.makedirs(_metrics_dir, exist_ok=True)
+        for _stale in glob.glob(os.path.join(_metrics_dir, "*.db")):
+            os.remove(_stale)
 
 
 def child_exit(server, worker):
@@ -82,7 +90,7 @@ def child_exit(server, worker):
 
 
 def on_exit(server):
-    if _own_metrics_dir:
+    if os.environ.get("MLOPS_OWN_METRICS_DIR") == "1":
         shutil.rmtree(_metrics_dir, ignore_errors=True)
 
 

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 SCOPES = ("use", "admin")
 TOKEN_PREFIX = "mlk_"
 SHARED_KEY_NAME = "default"
+#: Names the gateway gives callers itself: the shared API_KEY, and everyone when auth is off.
+RESERVED_NAMES = (SHARED_KEY_NAME, "anonymous")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
@@ -116,6 +118,8 @@ def parse_entry(entry, where: str) -> ApiKey:
     name, hashed, scopes = entry.get("name"), entry.get("sha256"), entry.get("scopes")
     if not isinstance(name, str) or not _NAME.match(name):
         raise KeyFileError(f"{where}: name must be 1-64 letters, digits, '.', '_' or '-'")
+    if name in RESERVED_NAMES:
+        raise KeyFileError(f"{where}: the name {name!r} is reserved (the shared API_KEY or AUTH_ENABLED=false)")
     if not isinstance(hashed, str) or not _DIGEST.match(hashed):
         raise KeyFileError(f"{where} ({name}): sha256 must be 64 lowercase hex digits")
     if not isinstance(scopes, list) or not scopes or not set(scopes) <= set(SCOPES):
@@ -135,6 +139,8 @@ def parse_entry(entry, where: str) -> ApiKey:
 
 def make_entry(name: str, token: str, scopes, models=None, requests_per_minute=None, concurrent_streams=None) -> dict:
     """The file entry for a new key: its hash, never the key."""
+    if not scopes or not set(scopes) <= set(SCOPES):
+        raise KeyFileError(f"new key: scopes must be a non-empty list of {', '.join(SCOPES)}")
     entry = {"name": name, "sha256": digest(token), "scopes": sorted(set(scopes), key=SCOPES.index)}
     if models:
         entry["models"] = list(models)
@@ -160,7 +166,13 @@ class KeyRing:
         self._checked = 0.0
         self._lock = threading.Lock()
         if path:
-            self._load(self._file_stamp())
+            try:
+                self._load(self._file_stamp())
+            except KeyFileError as error:
+                # gunicorn.conf.py refuses to start with a broken file; here (a worker started by a
+                # SIGHUP reload, the CLI, a host app) only the shared key works until the file is fixed.
+                self._stamp = self._file_stamp()
+                log.error("Keys file not loaded, no named key works until it is fixed: %s", error)
 
     def identify(self, token: str) -> ApiKey | None:
         """Return the key `token` belongs to, or None; every stored hash is compared, in constant time."""

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram,
-                               disable_created_metrics, generate_latest)
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -26,7 +26,8 @@ DURATION = Histogram("mlops_request_duration_seconds", "Time from request to the
                      "until the last event)", ["route"], buckets=DURATION_BUCKETS)
 TTFT = Histogram("mlops_time_to_first_token_seconds", "Time from request to the first text or thinking event of a "
                  "stream", ["route"], buckets=TTFT_BUCKETS)
-TOKENS_RELAYED = Counter("mlops_tokens_relayed_total", "Token chunks relayed to clients in streams", ["route"])
+TOKENS_RELAYED = Counter("mlops_tokens_relayed_total", "Upstream chunks (NDJSON lines: tokens, then the final "
+                         "statistics line) relayed in streams", ["route"])
 TOKENS = Counter("mlops_llm_tokens_total", "Tokens Ollama counted (prompt_eval_count, eval_count), by model",
                  ["model", "type"])
 ACTIVE_STREAMS = Gauge("mlops_active_streams", "Streams open now", multiprocess_mode="livesum")
@@ -34,14 +35,18 @@ UPSTREAM_ERRORS = Counter("mlops_upstream_errors_total", "Ollama failures, by ki
 RATE_LIMITED = Counter("mlops_rate_limited_total", "Requests refused with 429, by limit", ["limit"])
 
 
-def exposition() -> tuple[bytes, str]:
-    """Return the text of every metric (all workers' when in multiprocess mode) and its content type."""
+def exposition(accept: str | None) -> tuple[bytes, str]:
+    """Return every metric (all workers' in multiprocess mode) and its content type.
+
+    The format follows the scraper's Accept header: Prometheus text 0.0.4 unless it asks for OpenMetrics.
+    """
     if os.environ.get(MULTIPROC_ENV):
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
     else:
         registry = REGISTRY
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+    encoder, content_type = choose_encoder(accept)
+    return encoder(registry), content_type
 
 
 def record(observation) -> None:

@@ -19,7 +19,7 @@ API_KEY = "test-key-0123456789abcdef0123456789"
 AUTH = {"X-API-Key": API_KEY}
 CONFIG_VARIABLES = ("OLLAMA_", "API_KEY", "AUTH_ENABLED", "HOST", "PORT", "DEBUG", "ALLOWED_ORIGINS", "DEFAULT_MODEL",
                     "MAX_BODY_BYTES", "LOG_", "SSE_", "STREAM_", "ALLOW_UNKNOWN", "WEB_CONCURRENCY", "GUNICORN_",
-                    "RATE_LIMIT", "DATABASE_URL", "USAGE_", "METRICS_", "PROMETHEUS_", "MAX_", "EMBED_")
+                    "RATE_LIMIT", "DATABASE_URL", "USAGE_", "METRICS_", "PROMETHEUS_", "MAX_", "EMBED_", "MLOPS_")
 
 
 def free_port() -> int:

@@ -601,3 +601,34 @@ def test_the_gateway_refuses_to_start_with_a_broken_keys_file(double, tmp_path, 
     assert code == 2
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"mlops-backend: configuration error: {path}: ")
+
+
+def test_sighup_with_a_broken_keys_file_keeps_the_gateway_running(start_gateway, tmp_path):
+    """A reload must not take the gateway down: new workers accept only API_KEY until the file is fixed."""
+    token = new_token()
+    path = tmp_path / "keys.json"
+    write_entries(str(path), [entry("web", token)])
+    gateway = start_gateway(API_KEYS_FILE=str(path), PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"))
+    assert status_of(gateway, token) == 200
+    path.write_text("{broken")
+    workers = set(gateway.worker_pids())
+    gateway.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: gateway.worker_pids() and not workers & set(gateway.worker_pids()), timeout=15)
+    assert gateway.process.poll() is None
+    wait_for(lambda: status_of(gateway, API_KEY) == 200, timeout=15)
+    assert status_of(gateway, token) == 401  # fails closed for named keys
+    assert "configuration error" in gateway.log() and "Keys file not loaded" in gateway.log()
+    write_entries(str(path), [entry("web", token)])  # fixed: picked up without another signal
+    wait_for(lambda: status_of(gateway, token) == 200, timeout=5)
+
+
+def test_keys_command_reports_a_broken_file_without_a_traceback(keys_cli):
+    keys_cli.keys_file.write_text("{broken")
+    message = keys_cli.fails("list")
+    assert str(keys_cli.keys_file) in message and "not valid JSON" in message
+
+
+@pytest.mark.parametrize("name", ["default", "anonymous"])
+def test_the_names_the_gateway_gives_callers_are_reserved(name):
+    with pytest.raises(KeyFileError, match="reserved"):
+        make_entry(name, new_token(), ["use"])

@@ -221,12 +221,14 @@ def test_metrics_are_summed_over_two_workers(start_gateway, double):
     assert any(family.name == "mlops_requests" for family in text_string_to_metric_families(open_scrape.text))
 
 
-@pytest.mark.xfail(strict=True, reason="metrics.exposition() declares CONTENT_TYPE_LATEST, which is "
-                   "version=1.0.0 since prometheus_client 0.22, for a body in the 0.0.4 text format")
 def test_metrics_content_type_is_the_prometheus_text_format(client):
     response = client.get("/metrics", headers=AUTH)
     assert response.status_code == 200
     assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    # A scraper that asks for OpenMetrics gets it.
+    response = client.get("/metrics", headers={**AUTH, "Accept": "application/openmetrics-text; version=1.0.0"})
+    assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+    assert response.get_data(as_text=True).rstrip().endswith("# EOF")
 
 
 # -- 2. usage -----------------------------------------------------------------------------------------------

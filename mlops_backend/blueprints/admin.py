@@ -46,7 +46,7 @@ def prometheus_metrics():
     tags: [admin]
     responses:
       200:
-        description: The Prometheus text exposition format.
+        description: The Prometheus text format 0.0.4 (OpenMetrics when the Accept header asks for it).
         content:
           text/plain:
             schema: {type: string}
@@ -54,5 +54,5 @@ def prometheus_metrics():
     gateway = current_gateway()
     if not gateway.config.metrics_public:
         require_scope(authenticate(gateway), "admin")
-    body, content_type = metrics.exposition()
+    body, content_type = metrics.exposition(request.headers.get("Accept"))
     return body, 200, {"Content-Type": content_type, "Cache-Control": "no-store"}
