@@ -62,14 +62,20 @@ class JsonFormatter(logging.Formatter):
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(process)d [%(request_id)s] %(name)s: %(message)s"
 
 
+#: Loggers whose lines go out in our format: ours, and Flask-Limiter's (it reports a storage that
+#: is down there, while requests go on unlimited).
+LOGGERS = ("mlops_backend", "flask-limiter")
+
+
 def configure_logging(level: str, log_format: str = "text") -> None:
     """Log to stderr with the request id, as text or JSON lines; once per process."""
-    root = logging.getLogger("mlops_backend")
-    root.setLevel(level)
-    if any(isinstance(f, RequestIdFilter) for h in root.handlers for f in h.filters):
-        return
-    handler = logging.StreamHandler()
-    handler.addFilter(RequestIdFilter())
-    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
-    root.addHandler(handler)
-    root.propagate = False
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        if any(isinstance(f, RequestIdFilter) for h in logger.handlers for f in h.filters):
+            continue
+        handler = logging.StreamHandler()
+        handler.addFilter(RequestIdFilter())
+        handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+        logger.addHandler(handler)
+        logger.propagate = False
