@@ -62,16 +62,17 @@ class JsonFormatter(logging.Formatter):
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(process)d [%(request_id)s] %(name)s: %(message)s"
 
 
-#: Loggers whose lines go out in our format: ours, and Flask-Limiter's (it reports a storage that
-#: is down there, while requests go on unlimited).
-LOGGERS = ("mlops_backend", "flask-limiter")
+#: Loggers whose lines go out in our format, with their least level: ours, and Flask-Limiter's
+#: warnings and errors (a storage that is down, while requests go on unlimited; its INFO line per
+#: refusal would repeat our request line).
+LOGGERS = {"mlops_backend": logging.DEBUG, "flask-limiter": logging.WARNING}
 
 
 def configure_logging(level: str, log_format: str = "text") -> None:
     """Log to stderr with the request id, as text or JSON lines; once per process."""
-    for name in LOGGERS:
+    for name, least in LOGGERS.items():
         logger = logging.getLogger(name)
-        logger.setLevel(level)
+        logger.setLevel(max(logging.getLevelName(level), least))
         if any(isinstance(f, RequestIdFilter) for h in logger.handlers for f in h.filters):
             continue
         handler = logging.StreamHandler()
