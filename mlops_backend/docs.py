@@ -79,8 +79,12 @@ def _build(app) -> dict:
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
         path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
         operation = _operation(app.view_functions[rule.endpoint], rule)
-        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
-            paths.setdefault(path, {})[method.lower()] = dict(operation)
+        methods = sorted(rule.methods - {"HEAD", "OPTIONS"})
+        for method in methods:
+            one = dict(operation)
+            if len(methods) > 1:  # one view for several methods: each operation needs its own id
+                one["operationId"] = f"{operation['operationId']}_{method.lower()}"
+            paths.setdefault(path, {})[method.lower()] = one
     for path, operations in paths.items():
         spec.path(path=path, operations=operations)
     document = spec.to_dict()
@@ -97,7 +101,7 @@ def _operation(view, rule) -> dict:
     operation.setdefault("summary", summary.strip())
     operation.setdefault("operationId", rule.endpoint.replace(".", "_"))
     responses = operation.setdefault("responses", {"200": {"description": "OK"}})
-    public = operation.get("security") == [] or not rule.endpoint.startswith(("llm.", "admin."))
+    public = operation.get("security") == [] or not rule.endpoint.startswith(("llm.", "admin.", "ollama.", "openai."))
     if public:
         operation["security"] = []
         operation.setdefault("tags", ["docs"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 from flask import Response, current_app, g, json, request
 from marshmallow import ValidationError
@@ -73,27 +74,28 @@ def stream_error_body(error: Exception) -> dict:
     return {"error": {"title": title, "status": status, "detail": detail}, "done": True}
 
 
-def handle_ollama_error(error: OllamaError):
+def handle_ollama_error(error: OllamaError, render=None):
     """Map an Ollama failure to its documented status."""
     status, title, slug = describe_ollama_error(error)
     observe.current().upstream_error = error.kind
     headers = {"Retry-After": error.retry_after} if error.retry_after else None
-    return problem_response(status, title, error.detail, slug, headers)
+    return (render or problem_response)(status, title, error.detail, slug, headers)
 
 
-def handle_api_error(error: ApiError):
+def handle_api_error(error: ApiError, render=None):
     """Render an error our own code raised."""
-    return problem_response(error.status, error.title, error.detail, error.slug, error.headers)
+    return (render or problem_response)(error.status, error.title, error.detail, error.slug, error.headers)
 
 
-def handle_validation_error(error: ValidationError):
+def handle_validation_error(error: ValidationError, render=None):
     """Answer 422 naming every bad field."""
     errors = list(_flatten(error.messages))
     names = ", ".join(sorted({e["field"] for e in errors}))
-    return problem_response(422, "Invalid request body", f"Invalid fields: {names}", "validation-error", errors=errors)
+    return (render or problem_response)(422, "Invalid request body", f"Invalid fields: {names}", "validation-error",
+                                        errors=errors)
 
 
-def handle_http_exception(error: HTTPException):
+def handle_http_exception(error: HTTPException, render=None):
     """Render Werkzeug's HTTP errors (404, 405, 413, ...) as problems, keeping their headers."""
     headers = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}
     if error.code == 413:
@@ -107,15 +109,15 @@ def handle_http_exception(error: HTTPException):
     elif error.code == 413:
         detail = f"The body exceeds the limit of {request.max_content_length} bytes"
     slug = error.name.lower().replace(" ", "-")
-    return problem_response(error.code or 500, error.name, detail, slug, headers)
+    return (render or problem_response)(error.code or 500, error.name, detail, slug, headers)
 
 
-def handle_unexpected(error: Exception):
+def handle_unexpected(error: Exception, render=None):
     """Log a bug with its traceback and tell the client only that it happened."""
     if isinstance(error, HTTPException):
-        return handle_http_exception(error)
+        return handle_http_exception(error, render)
     log.exception("Unhandled error on %s %s", request.method, request.path)
-    return problem_response(500, "Internal Server Error", "The gateway failed; the request id identifies it in the logs",
+    return (render or problem_response)(500, "Internal Server Error", "The gateway failed; the request id identifies it in the logs",
                             "internal-error")
 
 
@@ -128,10 +130,36 @@ HANDLERS = (
 )
 
 
-def register_error_handlers(target):
-    """Attach every handler to an app (all its routes) or to a blueprint (only its routes)."""
+def register_error_handlers(target, render=None):
+    """Attach every handler to an app (all its routes) or to a blueprint (only its routes).
+
+    `render(status, title, detail, slug, headers, **extra)` shapes the body: problem+json by
+    default; the pass-through routes answer in Ollama's or OpenAI's own error shape.
+    """
     for exc_class, handler in HANDLERS:
-        target.register_error_handler(exc_class, handler)
+        target.register_error_handler(exc_class, partial(handler, render=render) if render else handler)
+
+
+def ollama_error(status: int, title: str, detail: str, slug: str, headers=None, **extra) -> Response:
+    """Ollama's error shape, `{"error": "..."}`, which its clients read (ollama-python's ResponseError)."""
+    response = current_app.response_class(json.dumps({"error": detail}), status=status, mimetype="application/json")
+    response.headers.update(headers or {})
+    return response
+
+
+#: OpenAI's error `type` by status; `code` is our slug.
+OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
+                422: "invalid_request_error", 429: "rate_limit_error"}
+
+
+def openai_error(status: int, title: str, detail: str, slug: str, headers=None, **extra) -> Response:
+    """OpenAI's error shape, `{"error": {"message", "type", "code"}}`, which its SDKs read."""
+    body = {"error": {"message": detail, "type": OPENAI_TYPES.get(status, "api_error"), "param": None,
+                      "code": slug.replace("-", "_")}}
+    response = current_app.response_class(json.dumps(body), status=status, mimetype="application/json")
+    response.headers.update(headers or {})
+    return response
 
 
 def _flatten(messages, prefix=""):

@@ -50,7 +50,7 @@ def init_gateway(app: Flask, url_prefix: str = "", config: Config | dict | None 
     register_request_hooks(app, scoped=True)
     register_rate_limits(app)
     prefix = url_prefix.rstrip("/")
-    cors.init_app(app, resources={rf"{prefix}/api/*": _cors_options(config)})
+    cors.init_app(app, resources={rf"{prefix}/{part}/*": _cors_options(config) for part in ("api", "ollama", "v1")})
     warn_about_config(config)
     return app
 

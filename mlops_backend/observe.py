@@ -22,7 +22,7 @@ access_log = logging.getLogger("mlops_backend.access")
 log = logging.getLogger(__name__)
 
 #: Requests of these blueprints count towards a key's usage.
-COUNTED_BLUEPRINTS = {"llm"}
+COUNTED_BLUEPRINTS = {"llm", "ollama", "openai"}
 
 
 @dataclasses.dataclass

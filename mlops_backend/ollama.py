@@ -163,6 +163,16 @@ class OllamaClient:
         except ValueError:
             raise OllamaBadResponse(f"Ollama's answer to {path} is not JSON") from None
 
+    def open_raw(self, method: str, path: str, body: bytes) -> OllamaStream:
+        """Send a request as the client wrote it (the pass-through routes); read the answer as it comes."""
+        try:
+            exchange = self.pool.request(method, path, body)
+        except socket.timeout:
+            raise OllamaUnreachable(f"No connection to Ollama within {self.connect_timeout:g} s") from None
+        except OSError:
+            raise OllamaUnreachable("Ollama is not reachable") from None
+        return OllamaStream(self, exchange, None)
+
     def open_stream(self, path: str, payload: dict) -> OllamaStream:
         """Send a call (streamed unless `payload` says otherwise); its answer is read from the result."""
         body = json.dumps({"stream": True, **payload}).encode()
@@ -209,13 +219,23 @@ class OllamaStream:
     def __init__(self, client: OllamaClient, exchange, model):
         self._client, self._exchange, self._model = client, exchange, model
 
-    def wait_head(self, wait: float) -> bool:
-        """Wait up to `wait` s for the status line; raise the mapped error for a failure status."""
+    @property
+    def status(self) -> int:
+        return self._exchange.status
+
+    @property
+    def headers(self) -> dict:
+        """The answer's headers, names in lower case."""
+        return self._exchange.headers
+
+    def wait_head(self, wait: float, raw: bool = False) -> bool:
+        """Wait up to `wait` s for the status line; raise the mapped error for a failure status
+        (unless `raw`: the pass-through routes hand Ollama's own errors on)."""
         exchange = self._exchange
         try:
             if not exchange.wait_head(wait, self._client.first_byte_timeout):
                 return False
-            if exchange.status >= 400:
+            if exchange.status >= 400 and not raw:
                 body = exchange.read_body(self._client.chunk_timeout)
                 _raise_for_status(exchange.status, exchange.headers, body, "", self._model)
         except OSError as exc:
@@ -232,6 +252,15 @@ class OllamaStream:
             raise _transport_error(exc, self._client.chunk_timeout) from None
         except ValueError:
             raise OllamaBadResponse("Ollama's stream was not valid HTTP chunked framing") from None
+
+    def read_payload(self, wait: float) -> bytes | None:
+        """Return the body bytes that came, unchanged; b"" after `wait` seconds of silence; None at the end."""
+        try:
+            return self._exchange.read_payload(wait, self._client.chunk_timeout)
+        except OSError as exc:
+            raise _transport_error(exc, self._client.chunk_timeout) from None
+        except ValueError:
+            raise OllamaBadResponse("Ollama's answer was not valid HTTP chunked framing") from None
 
     def body(self) -> bytes:
         """Read the whole body of a non-streamed answer."""

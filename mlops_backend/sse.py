@@ -169,7 +169,7 @@ def _relay(stream, ready, watch, heartbeat, observation, events, fast):
             log.info("Client went away; upstream call closed")
             observation.client_gone = True
             return
-        error = _as_ollama_error(exc)
+        error = as_ollama_error(exc)
         observation.stream_failed, observation.upstream_error = True, error.kind
         log.warning("Stream ended with an error: %s", error.detail)
         yield b"".join(out) + event(stream_error_body(error))
@@ -178,8 +178,8 @@ def _relay(stream, ready, watch, heartbeat, observation, events, fast):
         stream.close()
 
 
-def _as_ollama_error(exc: Exception) -> OllamaError:
-    """Name a failure of a started stream the way the error table does."""
+def as_ollama_error(exc: Exception) -> OllamaError:
+    """Name a failure of a started stream the way the error table does (the pass-through relay too)."""
     if isinstance(exc, OllamaError):
         return exc
     if isinstance(exc, TimeoutError):

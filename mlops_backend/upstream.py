@@ -236,6 +236,30 @@ class Exchange:
             if lines:
                 return lines
 
+    def read_payload(self, wait: float, limit: float) -> bytes | None:
+        """Return the body bytes that arrived, as they are; b"" after `wait` of silence; None at the end."""
+        decoder = self._decoder
+        while True:
+            if self._buffer:
+                data, self._buffer = self._buffer, b""
+            elif decoder.finished:
+                self._finish()
+                return None
+            else:
+                data = self._recv(wait, limit)
+                if data is None:
+                    return b""
+                if not data:
+                    if decoder.chunked or decoder.remaining is not None:
+                        raise ConnectionError("Ollama closed the connection mid-response")
+                    self.close()  # a body that ends when the connection does
+                    return None
+            payload = decoder.payload(data)
+            if decoder.finished:
+                self._finish()
+            if payload:
+                return payload
+
     def read_body(self, limit: float) -> bytes:
         """Read the whole body (a non-streamed answer), then release the connection."""
         decoder = self._decoder

@@ -1,0 +1,171 @@
+"""Relay a request to Ollama as the client wrote it, and its answer as Ollama wrote it.
+
+The Ollama-native (`/ollama/...`) and OpenAI-compatible (`/v1/...`) routes use this: bodies go
+out unchanged and come back unchanged, streamed as they arrive (NDJSON stays NDJSON, SSE stays
+SSE). The gateway only watches them pass: the final line's token counts for usage and metrics,
+and a stream that fails mid-way ends with one error line in the stream's own format.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from flask import Response, request, stream_with_context
+
+from . import observe
+from .auth import authenticate
+from .client_watch import ClientWatch
+from .extensions import current_gateway
+from .ollama import deadline
+from .sse import as_ollama_error
+
+log = logging.getLogger(__name__)
+
+HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class Dialect:
+    """How one API frames a failed stream and reports token counts."""
+
+    #: Bytes that mark a line worth parsing for token counts.
+    marker = b""
+
+    def stream_error(self, message: str) -> bytes:
+        raise NotImplementedError
+
+    def counts(self, answer: dict) -> tuple[int | None, int | None]:
+        """(prompt tokens, completion tokens) of a whole answer or of a stream's last line."""
+        raise NotImplementedError
+
+    def parse_line(self, line: bytes) -> dict | None:
+        raise NotImplementedError
+
+
+class OllamaDialect(Dialect):
+    """NDJSON; Ollama itself ends a failed stream with an `{"error": "..."}` line."""
+
+    marker = b'"done":true'
+
+    def stream_error(self, message: str) -> bytes:
+        return json.dumps({"error": message}).encode() + b"\n"
+
+    def counts(self, answer: dict):
+        return answer.get("prompt_eval_count"), answer.get("eval_count")
+
+    def parse_line(self, line: bytes):
+        return json.loads(line)
+
+
+class OpenAIDialect(Dialect):
+    """SSE `data: {...}` chunks then `data: [DONE]`; usage in the answer or in a chunk's `usage`."""
+
+    marker = b'"usage":{'
+
+    def stream_error(self, message: str) -> bytes:
+        error = {"error": {"message": message, "type": "api_error", "param": None, "code": None}}
+        return b"data: " + json.dumps(error).encode() + b"\n\n"
+
+    def counts(self, answer: dict):
+        usage = answer.get("usage") or {}
+        return usage.get("prompt_tokens"), usage.get("completion_tokens")
+
+    def parse_line(self, line: bytes):
+        return json.loads(line[len(b"data: "):]) if line.startswith(b"data: ") else None
+
+
+OLLAMA = OllamaDialect()
+OPENAI = OpenAIDialect()
+
+
+def relay(method: str, path: str, body: bytes, dialect: Dialect, streaming: bool, keep=None) -> Response:
+    """Send the request to Ollama and answer with Ollama's status, type and body.
+
+    `streaming` (the client asked for a stream) takes one of the key's stream slots. `keep`, if
+    given, filters a whole JSON answer (a key's model allow-list on model lists).
+    """
+    gateway = current_gateway()
+    observation = observe.current()
+    if streaming:
+        observation.on_finish.append(gateway.limits.acquire_stream(authenticate(gateway)))
+    stream = gateway.ollama.open_raw(method, path, body)
+    watch = ClientWatch(request.environ, stream.interrupt)
+    try:
+        while not stream.wait_head(1.0, raw=True):
+            pass
+        if "chunked" not in stream.headers.get("transfer-encoding", "").lower():
+            with deadline(gateway.config.ollama_request_timeout, "The call to Ollama"):
+                data = stream.body()
+            return _whole(stream, data, dialect, observation, keep)
+    except BaseException:
+        watch.stop()
+        stream.close()
+        if watch.gone:
+            return Response(status=499)
+        raise
+    observation.stream_opened()
+    return Response(stream_with_context(_passing(stream, watch, dialect, observation)), status=stream.status,
+                    content_type=stream.headers.get("content-type", "application/octet-stream"), headers=HEADERS,
+                    direct_passthrough=True)
+
+
+def _whole(stream, data: bytes, dialect, observation, keep) -> Response:
+    """A whole answer: note its token counts (and filter it, if asked), pass it on."""
+    stream.close()
+    content_type = stream.headers.get("content-type", "application/json")
+    if stream.status >= 400:
+        observation.upstream_error = "model_not_found" if stream.status == 404 else "upstream_error"
+    elif content_type.startswith("application/json"):
+        try:
+            answer = json.loads(data)
+        except ValueError:
+            answer = None
+        if isinstance(answer, dict):
+            observation.tokens_in, observation.tokens_out = dialect.counts(answer)
+            if keep is not None:
+                data = json.dumps(keep(answer)).encode()
+    return Response(data, status=stream.status, content_type=content_type)
+
+
+def _passing(stream, watch, dialect, observation):
+    """Yield the body as it arrives; a failure ends it with one error line of the dialect."""
+    partial = b""
+    try:
+        while True:
+            data = stream.read_payload(1.0)
+            if data is None:
+                return
+            if not data:
+                continue
+            if observation.ttft is None:
+                observation.first_token()
+            lines = (partial + data).split(b"\n") if partial else data.split(b"\n")
+            partial = lines.pop()
+            for line in lines:
+                if line.strip():
+                    observation.chunks += 1
+                    if dialect.marker in line:
+                        _note_counts(line, dialect, observation)
+            yield data
+    except Exception as exc:
+        if watch.gone:
+            observation.client_gone = True
+            return
+        error = as_ollama_error(exc)
+        observation.stream_failed, observation.upstream_error = True, error.kind
+        log.warning("Pass-through stream ended with an error: %s", error.detail)
+        yield (b"\n" if partial else b"") + dialect.stream_error(error.detail)
+    finally:
+        watch.stop()
+        stream.close()
+
+
+def _note_counts(line: bytes, dialect, observation) -> None:
+    try:
+        answer = dialect.parse_line(line)
+    except ValueError:
+        return
+    if isinstance(answer, dict):
+        prompt, completion = dialect.counts(answer)
+        observation.tokens_in = prompt if prompt is not None else observation.tokens_in
+        observation.tokens_out = completion if completion is not None else observation.tokens_out
