@@ -30,6 +30,8 @@ class Dialect:
 
     #: Bytes that mark a line worth parsing for token counts.
     marker = b""
+    #: How a line reporting a failure starts.
+    error_start = b""
 
     def stream_error(self, message: str) -> bytes:
         raise NotImplementedError
@@ -46,6 +48,7 @@ class OllamaDialect(Dialect):
     """NDJSON; Ollama itself ends a failed stream with an `{"error": "..."}` line."""
 
     marker = b'"done":true'
+    error_start = b'{"error"'
 
     def stream_error(self, message: str) -> bytes:
         return json.dumps({"error": message}).encode() + b"\n"
@@ -61,6 +64,7 @@ class OpenAIDialect(Dialect):
     """SSE `data: {...}` chunks then `data: [DONE]`; usage in the answer or in a chunk's `usage`."""
 
     marker = b'"usage":{'
+    error_start = b'data: {"error"'
 
     def stream_error(self, message: str) -> bytes:
         error = {"error": {"message": message, "type": "api_error", "param": None, "code": None}}
@@ -146,6 +150,8 @@ def _passing(stream, watch, dialect, observation):
                     observation.chunks += 1
                     if dialect.marker in line:
                         _note_counts(line, dialect, observation)
+                    elif line.startswith(dialect.error_start):  # Ollama's own error line, passed on
+                        observation.stream_failed, observation.upstream_error = True, "model_error"
             yield data
     except Exception as exc:
         if watch.gone:

@@ -594,3 +594,68 @@ def test_rate_limit_429_in_each_api_shape(start_gateway, double):
         assert response.status_code == 429 and response.json() == {"error": message}
         assert int(response.headers["Retry-After"]) >= 1 and response.headers["Content-Type"] == "application/json"
     assert [r["path"] for r in double.requests] == ["/api/tags", "/v1/models"]
+
+
+# -- what the relay refuses, and Ollama's own error lines -----------------------------------------------------
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/ollama/api/chat", {"model": "llama3.2", "MODEL": "qwen3", "messages": HI}),
+    ("/ollama/api/copy", {"source": "llama3.2", "Destination": "x"}),
+    ("/v1/chat/completions", {"model": "llama3.2", "Model": "qwen3", "messages": HI}),
+])
+def test_a_model_field_spelled_another_way_is_refused(gw, double, path, body):
+    """Ollama (Go) matches JSON keys without regard to case: a second spelling could dodge the allow-list."""
+    before = len(double.requests)
+    with http("POST", gw.url + path, Keys.shared, json=body) as response:
+        assert response.status_code == 400, response.text
+        assert "ambiguous" in response.text.lower() or "write it as" in response.text
+    assert len(double.requests) == before  # never relayed
+
+
+@pytest.mark.parametrize("method,path,status", [
+    ("HEAD", "/ollama/api/blobs/sha256:" + "0" * 64, 501),
+    ("POST", "/ollama/api/blobs/sha256:" + "0" * 64, 501),
+    ("HEAD", "/ollama/api/tags", 501),
+    ("POST", "/ollama/api/pull/", 404),
+])
+def test_routes_the_relay_does_not_pass_on(gw, double, method, path, status):
+    before = len(double.requests)
+    with http(method, gw.url + path, Keys.shared, data=b"{}") as response:
+        assert response.status_code == status, (response.status_code, response.text)
+        if method != "HEAD":
+            assert "error" in response.json()
+    assert len(double.requests) == before
+
+
+def test_ollamas_own_error_line_counts_as_an_error(gw, double):
+    double.script(tokens=TOKENS, fault="error_line", fault_after=2)
+    with http("POST", gw.url + "/ollama/api/chat", Keys.shared, json={"model": "qwen3", "messages": HI},
+              stream=True) as response:
+        lines = ndjson_lines(response)
+    assert json.loads(lines[-1]).keys() == {"error"}
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        with http("GET", gw.url + "/api/usage?key=default", Keys.shared) as usage:
+            rows = {row["model"]: row for row in usage.json()["usage"]}
+        if rows.get("qwen3", {}).get("errors"):
+            break
+        time.sleep(0.1)
+    assert rows["qwen3"]["errors"] >= 1, rows
+
+
+def test_a_dotted_path_is_not_relayed(gw, double):
+    """Sent raw (requests would resolve the dots): a path that could mean another route is refused."""
+    import http.client
+
+    before = len(double.requests)
+    connection = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+    try:
+        connection.request("POST", "/ollama/api/x/../pull", body=b"{}",
+                           headers={"Authorization": f"Bearer {Keys.use}", "Connection": "close"})
+        response = connection.getresponse()
+        status, body = response.status, response.read()
+    finally:
+        connection.close()
+    assert status in (403, 404), (status, body)  # never relayed as the use key's "x/../pull"
+    assert len(double.requests) == before

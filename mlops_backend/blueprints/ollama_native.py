@@ -6,6 +6,8 @@ in Ollama's shape, `{"error": "..."}`, which those clients read.
 
 from __future__ import annotations
 
+import re
+
 from flask import Blueprint, json, request
 
 from .. import observe, passthrough
@@ -22,6 +24,10 @@ ADMIN_ROUTES = {"pull", "push", "create", "copy", "delete"}
 STREAMING_ROUTES = {"generate", "chat", "pull", "push", "create"}
 #: Routes whose answer lists models, filtered to a key's allow-list.
 MODEL_LISTS = {"tags", "ps"}
+#: Body fields that name models: checked against a key's allow-list.
+MODEL_FIELDS = ("model", "name", "source", "destination")
+#: A route as Ollama names them: no empty, dot or trailing segments that could dodge the scope check.
+_ROUTE = re.compile(r"^[a-z]+(/[A-Za-z0-9:._-]*[A-Za-z0-9_-])*$")
 
 
 @bp.before_request
@@ -30,8 +36,15 @@ def guard():
     gateway = current_gateway()
     request.max_content_length = gateway.config.max_body_bytes
     route = (request.view_args or {}).get("route", "")
-    scope = "admin" if route in ADMIN_ROUTES or route.startswith("blobs/") else "use"
+    scope = "admin" if route in ADMIN_ROUTES or route.startswith("blobs") else "use"
     require_scope(authenticate(gateway), scope)
+    if route and (not _ROUTE.match(route) or ".." in route):
+        raise ApiError(404, "Not Found", f"no route /api/{route}", slug="not-found")
+    if route.startswith("blobs") or request.method == "HEAD":
+        # Blob uploads are raw files beyond MAX_BODY_BYTES, and HEAD answers carry no body the relay
+        # could wait for: neither is relayed.
+        raise ApiError(501, "Not Implemented", "blob uploads and HEAD are not relayed by the gateway",
+                       slug="not-relayed")
 
 
 @bp.get("/ollama/")
@@ -60,7 +73,7 @@ def api(route):
     key = authenticate(current_gateway())
     raw = request.get_data(cache=False)
     body = json_object(raw) if raw else {}
-    for field in ("model", "name", "source", "destination"):
+    for field in model_fields(body, MODEL_FIELDS):
         if isinstance(body.get(field), str) and body[field]:
             observe.current().model = observe.current().model or body[field]
             require_model(key, body[field])
@@ -71,6 +84,15 @@ def api(route):
             return answer
     streaming = route in STREAMING_ROUTES and body.get("stream", True) is not False
     return passthrough.relay(request.method, "/api/" + route, raw, passthrough.OLLAMA, streaming, keep)
+
+
+def model_fields(body: dict, fields: tuple) -> tuple:
+    """The model-naming fields, refusing a variant spelling: Ollama (Go) matches JSON keys without
+    regard to case, so {"model": "a", "MODEL": "b"} would pass our check as a and run b."""
+    for key in body:
+        if key.lower() in fields and key not in fields:
+            raise ApiError(400, "Ambiguous field", f"{key!r}: write it as {key.lower()!r}", slug="ambiguous-field")
+    return fields
 
 
 def json_object(raw: bytes) -> dict:

@@ -13,7 +13,7 @@ from .. import observe, passthrough
 from ..auth import authenticate, require_model, require_scope
 from ..errors import openai_error, register_error_handlers
 from ..extensions import current_gateway
-from .ollama_native import json_object
+from .ollama_native import json_object, model_fields
 
 bp = Blueprint("openai", __name__)
 register_error_handlers(bp, render=openai_error)
@@ -31,6 +31,7 @@ def _relay_post(path: str):
     key = authenticate(current_gateway())
     raw = request.get_data(cache=False)
     body = json_object(raw)
+    model_fields(body, ("model",))
     model = body.get("model")
     if isinstance(model, str) and model:
         observe.current().model = model
