@@ -40,6 +40,15 @@ class RateLimits:
         """Count every request of `blueprints` against one shared per-key budget."""
         self.limiter.init_app(app)
         self.limiter.request_filter(lambda: request.method == "OPTIONS")
+        # Flask-Limiter hooks into every request of the app; only these blueprints are limited, so
+        # its check and header hook move to them (measured: a quarter of the CPU of a /health).
+        hooks = [(app.before_request_funcs, self.limiter._check_request_limit),
+                 (app.after_request_funcs, _hook_of(app.after_request_funcs.get(None, []), self.limiter))]
+        for table, hook in hooks:
+            if hook is not None and hook in table.get(None, []):
+                table[None].remove(hook)
+                for blueprint in blueprints:
+                    table.setdefault(blueprint.name, []).insert(0, hook)
         for blueprint in blueprints:
             self.limiter.shared_limit(self.per_minute, scope="requests", exempt_when=self.unlimited,
                                       error_message=self.refusal)(blueprint)
@@ -116,3 +125,8 @@ class RateLimits:
 
 def _nothing():
     return None
+
+
+def _hook_of(hooks: list, limiter):
+    """Flask-Limiter's after_request hook (a partial bound to `limiter`), if registered."""
+    return next((hook for hook in hooks if getattr(hook, "args", (None,))[:1] == (limiter,)), None)
