@@ -59,3 +59,24 @@ class ClientWatch:
             self._watcher.stop()
             self._watcher.close()
             self._watcher = None
+
+
+class ClientGone(Exception):
+    """The client left while we waited on Ollama: nobody to answer (errors.py answers 499 to no one)."""
+
+
+def watch_client(environ, stream, step):
+    """Run `step()` (a wait on Ollama's answer) while watching the client; return (watch, result).
+
+    On any failure both are released: ClientGone if the client left (its departure interrupted
+    the upstream call), otherwise the failure itself. On success the caller owns the watch.
+    """
+    watch = ClientWatch(environ, stream.interrupt)
+    try:
+        return watch, step()
+    except BaseException:
+        watch.stop()
+        stream.close()
+        if watch.gone:
+            raise ClientGone() from None
+        raise

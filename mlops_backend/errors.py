@@ -10,6 +10,7 @@ from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from . import observe
+from .client_watch import ClientGone
 from .ollama import OllamaError
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,13 @@ def handle_unexpected(error: Exception, render=None):
                             "internal-error")
 
 
+def handle_client_gone(error: ClientGone, render=None):
+    """No one is left to read an answer; 499 (nginx's 'client closed request') is for the log line."""
+    return Response(status=499)
+
+
 HANDLERS = (
+    (ClientGone, handle_client_gone),
     (OllamaError, handle_ollama_error),
     (ApiError, handle_api_error),
     (ValidationError, handle_validation_error),

@@ -25,9 +25,9 @@ log = logging.getLogger(__name__)
 COUNTED_BLUEPRINTS = {"llm", "ollama", "openai"}
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Observation:
-    """The facts of one request; views and the relay set what they learn."""
+    """The facts of one request; views and the relay set what they learn (slots: one per open stream)."""
 
     started: float = dataclasses.field(default_factory=time.monotonic)
     request_id: str = "-"

@@ -15,7 +15,7 @@ from flask import Response, request, stream_with_context
 
 from . import observe
 from .auth import authenticate
-from .client_watch import ClientWatch
+from .client_watch import watch_client
 from .extensions import current_gateway
 from .ollama import deadline
 from .sse import as_ollama_error
@@ -93,20 +93,20 @@ def relay(method: str, path: str, body: bytes, dialect: Dialect, streaming: bool
     if streaming:
         observation.on_finish.append(gateway.limits.acquire_stream(authenticate(gateway)))
     stream = gateway.ollama.open_raw(method, path, body)
-    watch = ClientWatch(request.environ, stream.interrupt)
-    try:
+
+    def answer():
+        """Wait for Ollama's head; read a whole (not chunked) answer at once, or return None for a stream."""
         while not stream.wait_head(1.0, raw=True):
             pass
-        if "chunked" not in stream.headers.get("transfer-encoding", "").lower():
-            with deadline(gateway.config.ollama_request_timeout, "The call to Ollama"):
-                data = stream.body()
-            return _whole(stream, data, dialect, observation, keep)
-    except BaseException:
+        if "chunked" in stream.headers.get("transfer-encoding", "").lower():
+            return None
+        with deadline(gateway.config.ollama_request_timeout, "The call to Ollama"):
+            return stream.body()
+
+    watch, data = watch_client(request.environ, stream, answer)
+    if data is not None:
         watch.stop()
-        stream.close()
-        if watch.gone:
-            return Response(status=499)
-        raise
+        return _whole(stream, data, dialect, observation, keep)
     observation.stream_opened()
     return Response(stream_with_context(_passing(stream, watch, dialect, observation)), status=stream.status,
                     content_type=stream.headers.get("content-type", "application/octet-stream"), headers=HEADERS,

@@ -8,7 +8,7 @@ import time
 
 from flask import Response, request, stream_with_context
 
-from .client_watch import ClientWatch
+from .client_watch import watch_client
 from .errors import stream_error_body
 from .ollama import OllamaBadResponse, OllamaError, OllamaStreamError, OllamaTimeout
 
@@ -111,15 +111,7 @@ def stream_response(open_stream, heartbeat: float, status_wait: float, observati
     token, the token counts and how the stream ended.
     """
     stream = open_stream()
-    watch = ClientWatch(request.environ, stream.interrupt)
-    try:
-        ready = stream.wait_head(status_wait)
-    except BaseException:
-        watch.stop()
-        stream.close()
-        if watch.gone:
-            return Response(status=499)
-        raise
+    watch, ready = watch_client(request.environ, stream, lambda: stream.wait_head(status_wait))
     # direct_passthrough: our events are bytes already, so Werkzeug need not re-encode each one.
     observation.stream_opened()
     return Response(stream_with_context(_relay(stream, ready, watch, heartbeat, observation, events, fast)),
