@@ -11,12 +11,10 @@ import json
 import re
 import time
 
-import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from mlops_backend.keys import make_entry, new_token, write_entries
-from tests.ollama_double import native as double_native
 from tests.support import API_KEY, AUTH, sse_events, sse_items
 
 CLOSE = {"Connection": "close"}
@@ -372,7 +370,7 @@ def test_json_access_log_has_one_line_per_request(start_gateway, double):
 # -- 4. pull and delete --------------------------------------------------------------------------------------
 
 
-def test_pull_streams_progress_then_delete(gateway, double, monkeypatch):
+def test_pull_streams_progress_then_delete(gateway, double):
     _, events = stream(gateway, "/api/llm/models/pull", {"model": "smollm2"})
     assert events[0] == {"status": "pulling manifest"}
     progress = [event for event in events if "digest" in event]
@@ -383,16 +381,14 @@ def test_pull_streams_progress_then_delete(gateway, double, monkeypatch):
     # The double adds the model just after its final line, so poll.
     wait_for(lambda: "smollm2:latest" in [m["name"] for m in call("GET", gateway, "/api/llm/models").json()["models"]])
 
-    # The double's /api/pull ignores the script (it streams with native.NO_FAULTS): give it the error-line fault.
-    monkeypatch.setattr(double_native, "NO_FAULTS", {**double_native.NO_FAULTS, "fault": "error_line",
-                                                     "fault_after": 3})
+    double.script(fault="error_line", fault_after=3)
     _, failed = stream(gateway, "/api/llm/models/pull", {"model": "tinyllama"})
     assert failed[0] == {"status": "pulling manifest"}
     assert all("error" not in event and "done" not in event for event in failed[:-1])
     assert len(failed) == 4
     assert failed[-1]["done"] is True and set(failed[-1]) == {"error", "done"}
     assert failed[-1]["error"]["status"] == 502 and set(failed[-1]["error"]) == {"title", "status", "detail"}
-    monkeypatch.undo()
+    assert "tinyllama:latest" not in [m["name"] for m in call("GET", gateway, "/api/llm/models").json()["models"]]
 
     deleted = call("DELETE", gateway, "/api/llm/models/smollm2")
     assert deleted.status_code == 204 and deleted.content == b""

@@ -136,9 +136,12 @@ class NativeRoutes:
             head = {"status": "pulling " + digest[:12], "digest": "sha256:" + digest, "total": total}
             items += [head, {**head, "completed": total // 3}, {**head, "completed": total}]
         items += [{"status": "verifying sha256 digest"}, {"status": "writing manifest"}, {"status": "success"}]
+        # The script's pacing and mid-stream faults apply to the progress lines as to tokens.
+        script = self.double._snapshot()
         rec = self.double._open_stream(self.route, name)
-        self.stream(rec, items, NDJSON_TYPE, NO_FAULTS, ndjson, BAD_NDJSON, ERROR_NDJSON)
-        self._install(name)
+        self.stream(rec, items, NDJSON_TYPE, script, ndjson, BAD_NDJSON, ERROR_NDJSON)
+        if script["fault"] is None:  # a pull that failed installs nothing
+            self._install(name)
 
     def _install(self, name):
         try:
