@@ -84,3 +84,19 @@ def redis_url(redis_server):
     """The session's Redis, emptied first so no test sees another's keys."""
     redis_server.flush()
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One real PostgreSQL cluster for the session (started only by tests that ask for PostgreSQL)."""
+    from tests.postgres_server import PostgresServer
+
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """A new, empty database on the session's PostgreSQL, so no test sees another's rows."""
+    return postgres_server.create_database()
