@@ -3,21 +3,20 @@ may name PostgreSQL, and several gunicorn workers add to the same rows with INSE
 
 First the UsageStore itself (one store, then two flushing into the same rows at once, as two workers
 would), then the real gateway: gunicorn with two workers, its counts read back through GET /api/usage,
-and still there after a restart. The tests marked xfail pin bugs of mlops_backend/usage.py that only
-PostgreSQL shows (SQLite neither enforces VARCHAR lengths nor locks rows); they are strict, so fixing a
-bug turns its test into a failure that asks for the mark to go.
+and still there after a restart. Three tests pin what only PostgreSQL shows (SQLite neither enforces
+VARCHAR lengths nor locks rows, and creates tables one writer at a time): two workers' flushes must not
+deadlock, two workers may create the table at once, and a model name longer than its column must not
+block a worker's counts.
 """
 
 from __future__ import annotations
 
-import gc
 import random
 import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 import requests
 import sqlalchemy as sa
 
@@ -110,7 +109,7 @@ def test_two_stores_flushing_at_once_into_the_same_rows_give_exact_sums(postgres
     the same nine rows: every count arrives, once."""
     stores = [UsageStore(postgres_url, flush_seconds=0.005) for _ in range(2)]
     for store in stores:
-        store.engine  # noqa: B018 - the table exists before the race (its creation races: see the xfail below)
+        store.engine  # noqa: B018 - the table exists before the race (creating it at once is tested below)
     keys = [(f"key-{k}", f"model-{m}") for k in range(3) for m in range(3)]
     expected = {}
     lock = threading.Lock()
@@ -130,7 +129,7 @@ def test_two_stores_flushing_at_once_into_the_same_rows_give_exact_sums(postgres
     try:
         assert run_threads(add, [(store, seed) for seed, store in enumerate(stores * 3)]) == []
         assert sum(count[0] for count in expected.values()) == 9000
-        # A flush that fails (see the deadlock xfail below) keeps its counts for the next: poll.
+        # Each store's own thread writes its counts: poll until the last batches are in.
         settle(lambda: rows(postgres_url), expected)
     finally:
         for store in stores:
@@ -138,13 +137,13 @@ def test_two_stores_flushing_at_once_into_the_same_rows_give_exact_sums(postgres
     assert rows(postgres_url) == expected
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "usage.py flush() upserts the pending rows in the order they were first counted; two workers with "
-    "the same rows in opposite orders lock them crosswise and PostgreSQL aborts one with DeadlockDetected "
-    "(that batch waits for the next flush). Fix: iterate sorted(pending.items())"))
 def test_two_stores_flushing_the_same_rows_in_opposite_orders_do_not_deadlock(postgres_url):
+    """Two workers that counted the same rows in opposite orders flush at the same moment. Were the rows
+    upserted in that order, each would lock one and wait for the other's: PostgreSQL aborts one flush
+    (DeadlockDetected), so GET /api/usage, which flushes first, answers 500, and a worker's exit flush
+    loses its counts. Here each flush pauses after its first row until the other holds one too (or 0.5 s)."""
     first, second = UsageStore(postgres_url, 3600), UsageStore(postgres_url, 3600)
-    both_hold_a_row = threading.Barrier(2, timeout=1.5)
+    both_hold_a_row = threading.Barrier(2, timeout=0.5)
 
     def after_the_first_upsert(store):
         upserts = []
@@ -167,20 +166,18 @@ def test_two_stores_flushing_the_same_rows_in_opposite_orders_do_not_deadlock(po
         first.add("alice", "b")
         second.add("alice", "b")
         second.add("alice", "a")
-        errors = run_threads(UsageStore.flush, [(first,), (second,)])
-        assert errors == []
+        assert run_threads(UsageStore.flush, [(first,), (second,)]) == []
+        assert rows(postgres_url) == {("alice", "a"): (2, 0, 0, 0), ("alice", "b"): (2, 0, 0, 0)}
     finally:
         first.close()
         second.close()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "usage.py UsageStore.engine catches only OperationalError (SQLite's 'table already exists') around "
-    "metadata.create_all; on PostgreSQL two workers creating the table at once get IntegrityError "
-    "(pg_type_typname_nsp_index) or ProgrammingError (DuplicateTable): that flush, or GET /api/usage, fails. "
-    "Fix: except sa.exc.DBAPIError"))
-@pytest.mark.filterwarnings("ignore::ResourceWarning")  # the engine of the failed attempt is never disposed
 def test_two_stores_creating_the_table_at_once_both_work(postgres_url):
+    """Two workers' first flushes both find no table and both create it: on PostgreSQL the second gets
+    IntegrityError (pg_type_typname_nsp_index) or ProgrammingError (DuplicateTable), not SQLite's
+    OperationalError; it must still write its counts (a fresh 2-worker gateway met this as a 500 from
+    GET /api/usage about one run in ten)."""
     stores = [UsageStore(postgres_url, 3600) for _ in range(2)]
     both_checked = threading.Barrier(2, timeout=1.5)
 
@@ -195,32 +192,27 @@ def test_two_stores_creating_the_table_at_once_both_work(postgres_url):
     try:
         for store in stores:
             store.add("alice", "a", 1, 1)
-        errors = run_threads(UsageStore.flush, [(store,) for store in stores])
-        for store in stores:
-            store.flush()  # the table exists now: a failed batch arrives on the next flush
+        assert run_threads(UsageStore.flush, [(store,) for store in stores]) == []
         assert rows(postgres_url) == {("alice", "a"): (2, 2, 2, 0)}
-        assert errors == []
     finally:
         sa.event.remove(metadata, "before_create", before_create)
         for store in stores:
             store.close()
-        gc.collect()
 
 
-@pytest.mark.xfail(strict=True, raises=sa.exc.DataError, reason=(
-    "usage.py declares model VARCHAR(255), but the request schemas allow 256 characters and the "
-    "/ollama and /v1 routes any length; PostgreSQL refuses the longer name (StringDataRightTruncation), "
-    "and the failed batch is retried forever: that worker's usage is never written again and its "
-    "GET /api/usage answers 500. Fix: count (model or '')[:255] in UsageStore.add"))
 def test_a_model_name_longer_than_the_column_does_not_block_the_counts(postgres_url):
+    """The model column is VARCHAR(255), but /api/llm/* take 256 characters and the /ollama and /v1 routes
+    any length. PostgreSQL refuses a longer value (StringDataRightTruncation), and a batch holding one
+    would fail on every flush: that worker's usage never written again, its GET /api/usage a 500.
+    The name is counted cut to 255 characters."""
     store = UsageStore(postgres_url, 3600)
     try:
         store.add("alice", "m" * 256, 1, 1, error=True)  # valid for /api/llm/generate, unknown to Ollama
+        store.add("alice", "m" * 4000, 2, 2, error=True)  # /v1/models/<name> takes any length
         store.add("alice", "llama3.2", 3, 4)
         store.flush()
-        assert rows(store)[("alice", "llama3.2")] == (1, 3, 4, 0)
+        assert rows(store) == {("alice", "m" * 255): (2, 3, 3, 2), ("alice", "llama3.2"): (1, 3, 4, 0)}
     finally:
-        store._pending.clear()  # what could not be written, so close() (and atexit) has nothing to retry
         store.close()
 
 
@@ -230,7 +222,7 @@ def test_a_model_name_longer_than_the_column_does_not_block_the_counts(postgres_
 def usage(gateway) -> dict:
     """GET /api/usage as {(key, model): (requests, prompt_tokens, completion_tokens, errors)}."""
     with requests.get(gateway.url + "/api/usage", headers=KEYED, timeout=15) as response:
-        assert response.status_code == 200, response.text
+        assert response.status_code == 200, f"{response.text}\n{gateway.log()[-4000:]}"
         return {(row["key_name"], row["model"]): (row["requests"], row["prompt_tokens"], row["completion_tokens"],
                                                   row["errors"]) for row in response.json()["usage"]}
 
@@ -302,7 +294,7 @@ def send_to_both_workers(gateway, start: int) -> list[tuple[str, str, int, int]]
 
 def test_gateway_counts_exactly_across_two_workers_and_restarts(start_gateway, double, postgres_url):
     settings = {"DATABASE_URL": postgres_url, "USAGE_FLUSH_SECONDS": "0.2", "WEB_CONCURRENCY": "2"}
-    gateway = start_gateway(**settings)
+    gateway = start_gateway(**settings)  # its workers create the table
     double.script(tokens=["one", " two", " three"])
 
     answers = send_to_both_workers(gateway, 0)
@@ -315,7 +307,7 @@ def test_gateway_counts_exactly_across_two_workers_and_restarts(start_gateway, d
     assert rows(postgres_url) == expected  # the same, read from PostgreSQL directly
 
     # A new gateway on the same database reports them. This one writes only on exit (SIGTERM): what both
-    # its workers count must be there for the next one.
+    # its workers count, flushed at the same moment into the same rows, must be there for the next one.
     assert gateway.stop() == 0
     restarted = start_gateway(**{**settings, "USAGE_FLUSH_SECONDS": "60"})
     assert usage(restarted) == expected
