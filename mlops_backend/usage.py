@@ -17,17 +17,18 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.pool import StaticPool
 
 log = logging.getLogger(__name__)
 
 FIELDS = ("requests", "prompt_tokens", "completion_tokens", "errors")
+MODEL_CHARS = 255  # the pass-through routes take any model name; a longer one is cut to fit its column
 metadata = sa.MetaData()
 usage_table = sa.Table(
     "usage", metadata,
     sa.Column("key_name", sa.String(64), primary_key=True),
-    sa.Column("model", sa.String(255), primary_key=True),
+    sa.Column("model", sa.String(MODEL_CHARS), primary_key=True),
     *(sa.Column(field, sa.BigInteger, nullable=False, default=0) for field in FIELDS),
 )
 
@@ -61,7 +62,7 @@ class UsageStore:
             error: bool = False) -> None:
         """Count one request (cheap: memory only)."""
         with self._lock:
-            counts = self._pending[(key_name, model or "")]
+            counts = self._pending[(key_name, (model or "")[:MODEL_CHARS])]
             counts[0] += 1
             counts[1] += prompt_tokens or 0
             counts[2] += completion_tokens or 0
@@ -84,7 +85,8 @@ class UsageStore:
             return
         try:
             with self.engine.begin() as connection:
-                for (key_name, model), counts in pending.items():
+                # Rows in one order in every worker, so two flushes at once never deadlock (PostgreSQL).
+                for (key_name, model), counts in sorted(pending.items()):
                     _add_row(connection, key_name, model, counts)
         except Exception:
             with self._lock:
@@ -100,8 +102,8 @@ class UsageStore:
             engine = create_engine(self.url)
             try:
                 metadata.create_all(engine)
-            except OperationalError:  # another worker created the table at the same moment
-                metadata.create_all(engine)
+            except (OperationalError, IntegrityError, ProgrammingError):
+                metadata.create_all(engine)  # another worker created the table at the same moment
             self._engine = engine
         return self._engine
 
