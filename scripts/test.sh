@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up and run every test: venv with the pinned test dependencies, the system packages the
-# proxy, browser and rate-limit tests use (nginx, Chromium, Redis, playwright-core; installed as root),
+# proxy, browser, rate-limit and usage tests use (nginx, Chromium, Redis, PostgreSQL, playwright-core;
+# installed as root),
 # then pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
