@@ -59,6 +59,13 @@ class ApiKey:
             model.endswith(":latest") and model[: -len(":latest")] in self.models)
 
 
+    def visible(self, models: list, field: str = "name") -> list:
+        """The entries of a model list (Ollama's or OpenAI's) this key may use."""
+        if self.models is None:
+            return models
+        return [model for model in models if self.allows_model(model.get(field, ""))]
+
+
 def new_token() -> str:
     """A fresh key: 32 random bytes, URL-safe, with a prefix that makes leaked keys easy to grep for."""
     return TOKEN_PREFIX + secrets.token_urlsafe(32)

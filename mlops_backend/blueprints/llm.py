@@ -86,7 +86,7 @@ def models():
             schema: ModelsResponse
     """
     key = authenticate(current_gateway())
-    return {"models": [model for model in current_gateway().ollama.tags() if key.allows_model(model.get("name", ""))]}
+    return {"models": key.visible(current_gateway().ollama.tags())}
 
 
 @bp.post("/api/llm/generate")
@@ -178,7 +178,7 @@ def running():
             schema: RunningResponse
     """
     key = authenticate(current_gateway())
-    return {"models": [model for model in current_gateway().ollama.running() if key.allows_model(model.get("name", ""))]}
+    return {"models": key.visible(current_gateway().ollama.running())}
 
 
 @bp.post("/api/llm/chat")

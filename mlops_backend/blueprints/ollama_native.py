@@ -80,7 +80,7 @@ def api(route):
     keep = None
     if route in MODEL_LISTS and key.models is not None:
         def keep(answer):
-            answer["models"] = [m for m in answer.get("models") or [] if key.allows_model(m.get("name", ""))]
+            answer["models"] = key.visible(answer.get("models") or [])
             return answer
     streaming = route in STREAMING_ROUTES and body.get("stream", True) is not False
     return passthrough.relay(request.method, "/api/" + route, raw, passthrough.OLLAMA, streaming, keep)

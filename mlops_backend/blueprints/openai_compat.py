@@ -84,7 +84,7 @@ def models():
     keep = None
     if key.models is not None:
         def keep(answer):
-            answer["data"] = [m for m in answer.get("data") or [] if key.allows_model(m.get("id", ""))]
+            answer["data"] = key.visible(answer.get("data") or [], field="id")
             return answer
     return passthrough.relay("GET", "/v1/models", b"", passthrough.OPENAI, streaming=False, keep=keep)
 
