@@ -130,6 +130,10 @@ def _alive(sock: socket.socket) -> bool:
         return False
 
 
+_END = object()     # the body is complete
+_CLOSED = object()  # the server closed a body that ends with the connection
+
+
 class Exchange:
     """One request's answer: its head, then its body as bytes or as NDJSON lines."""
 
@@ -214,22 +218,14 @@ class Exchange:
         """Return the next complete NDJSON lines; [] after `wait` of silence; None at the end of the body."""
         decoder = self._decoder
         while True:
-            if self._buffer:
-                data, self._buffer = self._buffer, b""
-            elif decoder.finished:
-                self._finish()
+            data = self._incoming(wait, limit)
+            if data is None:
+                return []
+            if data is _CLOSED:  # a body that ends when the connection does: its last line may be unterminated
+                tail = decoder.leftover()
+                return [tail] if tail.strip() else None
+            if data is _END:
                 return None
-            else:
-                data = self._recv(wait, limit)
-                if data is None:
-                    return []
-                if not data:
-                    if decoder.chunked or decoder.remaining is not None:
-                        raise ConnectionError("Ollama closed the connection mid-response")
-                    decoder.finished = True
-                    tail = decoder.leftover()
-                    self.close()
-                    return [tail] if tail.strip() else None
             lines = decoder.feed(data)
             if decoder.finished:
                 self._finish()
@@ -240,25 +236,35 @@ class Exchange:
         """Return the body bytes that arrived, as they are; b"" after `wait` of silence; None at the end."""
         decoder = self._decoder
         while True:
-            if self._buffer:
-                data, self._buffer = self._buffer, b""
-            elif decoder.finished:
-                self._finish()
+            data = self._incoming(wait, limit)
+            if data is None:
+                return b""
+            if data is _CLOSED or data is _END:
                 return None
-            else:
-                data = self._recv(wait, limit)
-                if data is None:
-                    return b""
-                if not data:
-                    if decoder.chunked or decoder.remaining is not None:
-                        raise ConnectionError("Ollama closed the connection mid-response")
-                    self.close()  # a body that ends when the connection does
-                    return None
             payload = decoder.payload(data)
             if decoder.finished:
                 self._finish()
             if payload:
                 return payload
+
+    def _incoming(self, wait: float, limit: float):
+        """The next raw bytes of the body: buffered ones first; None after `wait` of silence; _END when
+        the body is complete; _CLOSED when the server closed a body delimited by the connection."""
+        if self._buffer:
+            data, self._buffer = self._buffer, b""
+            return data
+        decoder = self._decoder
+        if decoder.finished:
+            self._finish()
+            return _END
+        data = self._recv(wait, limit)
+        if data is None or data:
+            return data
+        if decoder.chunked or decoder.remaining is not None:
+            raise ConnectionError("Ollama closed the connection mid-response")
+        decoder.finished = True
+        self.close()
+        return _CLOSED
 
     def read_body(self, limit: float) -> bytes:
         """Read the whole body (a non-streamed answer), then release the connection."""
