@@ -42,8 +42,12 @@ def test_dockerfile_healthcheck_command_works_against_the_real_service(gateway):
     assert down.returncode != 0
 
 
+def compose_file() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
 def test_compose_wires_the_gateway_to_ollama():
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    compose = compose_file()
     ollama, gateway = compose["services"]["ollama"], compose["services"]["gateway"]
     assert ollama["image"].startswith("ollama/ollama")
     volume = ollama["volumes"][0].split(":")
@@ -52,7 +56,6 @@ def test_compose_wires_the_gateway_to_ollama():
     assert gateway["build"] == "."
     assert gateway["environment"]["OLLAMA_BASE_URL"] == "http://ollama:11434"
     assert "ollama" in gateway["depends_on"]
-    assert gateway["ports"] == ["8000:8000"]
     assert "API_KEY" in gateway["environment"]
     # Limits shared by the workers through Redis; usage and keys on a volume.
     assert compose["services"]["redis"]["image"].startswith("redis:") and "redis" in gateway["depends_on"]
@@ -61,6 +64,43 @@ def test_compose_wires_the_gateway_to_ollama():
     assert data[0] in compose["volumes"] and data[1] == "/data"
     assert gateway["environment"]["DATABASE_URL"] == "sqlite:////data/usage.db"
     assert gateway["environment"]["API_KEYS_FILE"].startswith("/data/")
+
+
+def test_compose_publishes_only_nginx_running_the_deploy_config():
+    services = compose_file()["services"]
+    published = {name for name, service in services.items() if service.get("ports") or service.get("expose")}
+    assert published == {"nginx"}, published
+    nginx = services["nginx"]
+    assert nginx["image"].startswith("nginx:")
+    # The host's port 8000 (the URLs the README gives) goes to the port deploy/nginx.conf listens on.
+    listen = re.search(r"^\s*listen (\d+);", (ROOT / "deploy" / "nginx.conf").read_text(), re.M).group(1)
+    assert nginx["ports"] == [f"8000:{listen}"]
+    # deploy/nginx.conf itself, read-only, in place of the image's default site (no copy to drift from it).
+    source, target, mode = nginx["volumes"][0].split(":")
+    assert (ROOT / source).resolve() == ROOT / "deploy" / "nginx.conf"
+    assert target == "/etc/nginx/conf.d/default.conf" and mode == "ro"
+
+
+def test_compose_gateway_listens_only_on_nginx_loopback():
+    services = compose_file()["services"]
+    gateway = services["gateway"]
+    assert "ports" not in gateway and "expose" not in gateway
+    # In nginx's network namespace, bound to loopback: the upstream deploy/nginx.conf names, as written.
+    assert gateway["network_mode"] == "service:nginx"
+    text = dockerfile()
+    final_stage = text[text.rindex("\nFROM "):].replace("\\\n", " ")
+    image_env = dict(item.split("=", 1) for line in re.findall(r"^ENV (.*)$", final_stage, re.M)
+                     for item in line.split())
+    port = image_env["PORT"]
+    assert gateway["environment"]["HOST"] == "127.0.0.1" and "PORT" not in gateway["environment"]
+    upstream = re.findall(r"^\s*server (\S+);", (ROOT / "deploy" / "nginx.conf").read_text(), re.M)
+    assert upstream == [f"127.0.0.1:{port}"]
+    # gunicorn's default FORWARDED_ALLOW_IPS (127.0.0.1) is nginx's address here: leave it be.
+    assert "FORWARDED_ALLOW_IPS" not in gateway["environment"]
+    # The image's HEALTHCHECK asks 127.0.0.1 too, which a loopback bind still answers.
+    assert "http://127.0.0.1:%s/health" in text
+    # Started after nginx, and restarted with it: a gateway left in an old namespace has no network.
+    assert gateway["depends_on"]["nginx"]["restart"] is True
 
 
 def test_package_version_matches_and_install_gives_the_package(tmp_path):

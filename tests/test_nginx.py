@@ -1,7 +1,9 @@
-"""Real nginx in front of the real gateway: deploy/nginx.conf and a plain proxy pass each SSE event at once."""
+"""Real nginx in front of the real gateway: deploy/nginx.conf and a plain proxy pass each SSE event at once,
+and deploy/nginx.conf relays /ollama/ and /v1/ streams through a cold model load, chunk by chunk."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -9,6 +11,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import requests
@@ -206,6 +209,107 @@ def test_deploy_config_accepts_bodies_up_to_the_gateways_limit(start_gateway, ru
                      b"Content-Length: %d\r\n\r\n" % ((10 << 20) + 1))
         head = sock.recv(65536)
     assert head.startswith(b"HTTP/1.1 413") and b"Server: nginx" in head, head
+
+
+# -- /ollama/ and /v1/ through deploy/nginx.conf --------------------------------------------------
+
+# nginx's default read timeout (60 s), shortened so a test runs in seconds: the catch-all `location /`
+# inherits it, so a stream that falls there is cut by a shorter silence than COLD_LOAD, and so is one
+# in a location that does not set its own long timeout.
+SHORT_READ = "proxy_read_timeout 1s;"
+COLD_LOAD = 2.5  # seconds of upstream silence before the first token, as while Ollama loads a model
+
+
+def ollama_tokens(line: bytes):
+    item = json.loads(line)
+    assert "error" not in item, item
+    return None if item["done"] else item["response"]
+
+
+def openai_tokens(line: bytes):
+    assert line.startswith(b"data: "), line
+    if line == b"data: [DONE]":
+        return None
+    item = json.loads(line[6:])
+    assert "error" not in item, item
+    return item["choices"][0]["delta"]["content"] or None  # the finish chunk carries ""
+
+
+# path, body, content type, one line's token (None for the lines that close the stream)
+RELAYED_STREAMS = {
+    "ollama-generate": ("/ollama/api/generate", {"model": "llama3.2", "prompt": "hi"}, "application/x-ndjson",
+                        ollama_tokens),
+    "v1-chat": ("/v1/chat/completions", {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}],
+                                         "stream": True}, "text/event-stream", openai_tokens),
+}
+
+
+def timed_lines(response):
+    """Yield (seconds since `response.started`, line) per non-empty line, as the bytes arrive."""
+    buffer = b""
+    for piece in response.iter_content(chunk_size=None):
+        now = time.monotonic() - response.started
+        buffer += piece
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            if line.strip():
+                yield round(now, 3), line
+    assert not buffer.strip(), buffer  # the stream ended on a line boundary
+
+
+@pytest.mark.parametrize("http_extra", ["", HOSTILE], ids=["plain-http", "hostile-http"])
+@pytest.mark.parametrize("relay", RELAYED_STREAMS, ids=list(RELAYED_STREAMS))
+def test_deploy_config_streams_ollama_and_openai_relays_through_a_cold_load(gateway, run_nginx, double, relay,
+                                                                             http_extra):
+    # Ollama is silent while it loads a model, and these streams carry no heartbeat: nginx's default read
+    # timeout (SHORT_READ here) would cut them with a 504 before the first token. Each token must then
+    # arrive on its own, as the double writes it, even with gzip on and X-Accel-Buffering ignored (HOSTILE).
+    path, body, content_type, token_of = RELAYED_STREAMS[relay]
+    nginx = run_nginx(deploy_site(gateway), f"{http_extra} {SHORT_READ}")
+    double.script(tokens=TOKENS, first_delay=COLD_LOAD, delay=DELAY)
+    started = time.monotonic()
+    response = requests.post(nginx.url + path, json=body, headers=AUTH, stream=True, timeout=30)
+    response.started = started
+    assert response.status_code == 200, (response.status_code, response.text, nginx.log("error.log"))
+    assert response.headers["Content-Type"].startswith(content_type), response.headers
+    lines = [(t, token_of(line)) for t, line in timed_lines(response)]
+    tokens = [(t, token) for t, token in lines if token is not None]
+    assert [token for _, token in tokens] == TOKENS, lines
+    assert lines[-1][1] is None, lines  # the stream's own end (done, or [DONE]) came through
+    times = [t for t, _ in tokens]
+    assert times[0] > COLD_LOAD * 0.9, lines  # the silence really happened, longer than SHORT_READ's 1 s
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert min(gaps) > DELAY / 2, lines  # one arrival per upstream chunk, never a lump
+    assert times[-1] - times[0] > (len(TOKENS) - 1) * DELAY * 0.75, lines
+
+
+def test_deploy_config_hands_gunicorn_only_whole_bodies(run_nginx):
+    # gunicorn's gevent workers would wait on a trickled body as long as it takes; nginx must read it whole
+    # before it even connects upstream (a server-wide setting), even when http {} turns that off.
+    with socket.create_server(("127.0.0.1", 0)) as upstream:
+        nginx = run_nginx(deploy_site(SimpleNamespace(port=upstream.getsockname()[1])),
+                          "proxy_request_buffering off;")
+        body = json.dumps({"model": "llama3.2", "messages": [{"role": "user", "content": "x" * 50_000}]}).encode()
+        with socket.create_connection(("127.0.0.1", nginx.port), timeout=10) as client:
+            client.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+                           b"Content-Length: %d\r\n\r\n%s" % (len(body), body[:1000]))
+            upstream.settimeout(1.5)
+            with pytest.raises(TimeoutError):  # half a body: nginx holds it and opens no upstream connection
+                upstream.accept()[0].close()
+            client.sendall(body[1000:])
+            connection, _ = upstream.accept()
+            with connection:
+                connection.settimeout(5)
+                received = b""
+                while b"\r\n\r\n" not in received or len(received.split(b"\r\n\r\n", 1)[1]) < len(body):
+                    piece = connection.recv(65536)
+                    assert piece, received[:500]
+                    received += piece
+                head, forwarded = received.split(b"\r\n\r\n", 1)
+                assert b"\r\ncontent-length: %d" % len(body) in head.lower(), head  # whole, not chunked
+                assert forwarded == body
+                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+            assert client.recv(65536).startswith(b"HTTP/1.1 200")
 
 
 # -- a plain proxy_pass, buffering on --------------------------------------------------------------
