@@ -94,6 +94,33 @@ class GatewayProcess:
         return code
 
 
+def wait_for_access_line(gateway, request_id: str, timeout: float = 5.0) -> str:
+    """Wait until the gateway's log holds the access line of request `request_id`, and return that line.
+
+    The gateway writes a request's line when its response ends, so a check of what the log lacks
+    must wait for the line of the request in question first, or it passes before anything was
+    written. Reads both log formats: text (`... [<id>] mlops_backend.access: ...`) and JSON.
+    """
+    assert request_id, "no request id to wait for"
+    text_mark = f"[{request_id}] mlops_backend.access: "
+    deadline = time.monotonic() + timeout
+    while True:
+        for line in gateway.log().splitlines():
+            if text_mark in line:
+                return line
+            if line.startswith("{") and request_id in line:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if record.get("logger") == "mlops_backend.access" and record.get("request_id") == request_id:
+                    return line
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no access line for request {request_id} within {timeout} s:\n"
+                                 f"{gateway.log()[-4000:]}")
+        time.sleep(0.05)
+
+
 def post_stream(gateway, body: dict, headers=None, timeout=30) -> requests.Response:
     """POST to /api/llm/stream and return the response unread (stream=True)."""
     return requests.post(gateway.url + "/api/llm/stream", json=body, headers={**AUTH, **(headers or {})},

@@ -8,7 +8,7 @@ import time
 import pytest
 import requests
 
-from tests.support import API_KEY, AUTH, post_stream, sse_events, sse_items
+from tests.support import API_KEY, AUTH, post_stream, sse_events, sse_items, wait_for_access_line
 
 PROBLEM = "application/problem+json"
 
@@ -47,8 +47,9 @@ def test_readiness_reports_ollama_version_and_url(gateway):
 def test_readiness_strips_credentials_from_the_url(start_gateway, double):
     host = double.url.split("//")[1]
     gw = start_gateway(OLLAMA_BASE_URL=f"http://admin:s3cret@{host}")
-    body = requests.get(gw.url + "/api/llm/health").json()
-    assert body["ollama"]["url"] == f"http://{host}"
+    response = requests.get(gw.url + "/api/llm/health")
+    assert response.json()["ollama"]["url"] == f"http://{host}"
+    wait_for_access_line(gw, response.headers["X-Request-ID"])  # written when the response ends
     assert "s3cret" not in gw.log()
 
 
@@ -247,13 +248,15 @@ def test_request_id_is_kept_or_made(gateway):
     assert response.headers["X-Request-ID"] == "abc-123"
     response = requests.get(gateway.url + "/health", headers={"X-Request-ID": "bad id with spaces"})
     assert response.headers["X-Request-ID"] not in ("", "bad id with spaces")
-    time.sleep(0.2)
-    assert "[abc-123] mlops_backend.access: GET /health 200" in gateway.log()
+    assert "[abc-123] mlops_backend.access: GET /health 200" in wait_for_access_line(gateway, "abc-123")
+    made = wait_for_access_line(gateway, response.headers["X-Request-ID"])  # the log carries the id it made
+    assert "mlops_backend.access: GET /health 200" in made and "bad id" not in made
 
 
 def test_key_never_reaches_logs_or_bodies(gateway):
     response = requests.get(gateway.url + "/api/llm/models", headers={"X-API-Key": "wrong-key-value-123"})
     assert_problem(response, 401)
     assert "wrong-key-value-123" not in response.text
-    time.sleep(0.2)
+    line = wait_for_access_line(gateway, response.headers["X-Request-ID"])  # written when the response ends
+    assert "GET /api/llm/models 401" in line
     assert API_KEY not in gateway.log() and "wrong-key-value-123" not in gateway.log()

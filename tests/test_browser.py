@@ -12,8 +12,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import requests
 
-from tests.support import API_KEY, ROOT
+from tests.support import API_KEY, ROOT, wait_for_access_line
 
 BROWSER_DIR = ROOT / "tests" / "browser"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -146,6 +147,11 @@ def test_a_page_from_an_origin_not_allowed_gets_a_cors_error(start_gateway, doub
     assert result["texts"] == [] and result["error"] == "TypeError: Failed to fetch", result
     log = access_log(gateway, 'access: OPTIONS /api/llm/stream')
     assert 'access: OPTIONS /api/llm/stream' in log, log
-    # The preflight found no Access-Control-Allow-Origin for this page, so the POST was never sent.
+    # The preflight found no Access-Control-Allow-Origin for this page, so the POST was never sent. Had it
+    # been, its line would follow the preflight's (a line is written when its response ends): wait for the
+    # line of a request of ours sent after the browser is done before looking for what the log lacks.
+    marker = requests.get(gateway.url + "/health", headers={"Connection": "close"}, timeout=10)
+    wait_for_access_line(gateway, marker.headers["X-Request-ID"])
+    log = gateway.log()
     assert 'access: POST /api/llm/stream' not in log, log
     assert not [r for r in double.requests if r["path"] == "/api/generate"]

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 import requests
 
-from tests.support import API_KEY, AUTH, ROOT, free_port, post_stream, sse_items
+from tests.support import API_KEY, AUTH, ROOT, free_port, post_stream, sse_items, wait_for_access_line
 
 NGINX = Path("/usr/sbin/nginx")
 DEPLOY_CONF = ROOT / "deploy" / "nginx.conf"
@@ -190,10 +190,9 @@ def test_deploy_config_forwards_a_request_id_nginx_and_the_gateway_share(start_g
     assert lines[1].split()[0] == made.headers["X-Request-ID"], lines
     assert lines[2].split()[0] == replaced.headers["X-Request-ID"], lines
     assert re.fullmatch(r"[0-9a-f]{32}", made.headers["X-Request-ID"])
-    time.sleep(0.2)
     # The gateway's own request line carries the same id, and the client address nginx forwarded.
-    assert re.search(rf"\[{made.headers['X-Request-ID']}\] mlops_backend.access: GET /health 200 .* "
-                     r"forwarded_for=127\.0\.0\.1", gateway.log()), gateway.log()
+    line = wait_for_access_line(gateway, made.headers["X-Request-ID"])  # written when the response ends
+    assert re.search(r"mlops_backend.access: GET /health 200 .* forwarded_for=127\.0\.0\.1", line), line
 
 
 def test_deploy_config_accepts_bodies_up_to_the_gateways_limit(start_gateway, run_nginx):

@@ -117,7 +117,7 @@ def test_stream_reads_lines_as_they_come_and_reuses_the_connection(double, make_
     assert client.call("/api/generate", {"model": "llama3.2", "prompt": "x"})["response"] == "abc"
     assert len(local_ports) == 1  # three streams, one TCP connection
     assert len(client.pool._idle) == 1
-    assert all(s["completed"] for s in double.streams)
+    assert len(double.streams) == 3 and all(s["completed"] for s in double.streams), double.streams
 
 
 def test_fast_path_errors_are_mapped(double, make_client):

@@ -57,12 +57,34 @@ def test_auth_disabled_opens_routes(double, close_apps):
     assert app.test_client().get("/api/llm/models").status_code == 200
 
 
-def test_key_comparison_is_constant_time():
-    import inspect
-
+def test_identify_compares_every_key_in_constant_time_wherever_the_match_is(tmp_path, monkeypatch):
+    """identify() runs hmac.compare_digest on the shared key and on every stored hash, whichever key matches
+    (the first stored, the last, the shared one, none): no `==`, no early exit, so the time it takes does
+    not tell which key matched, nor how much of one was right."""
     from mlops_backend import keys
 
-    assert "hmac.compare_digest" in inspect.getsource(keys.KeyRing.identify)
+    tokens = [keys.new_token() for _ in range(4)]
+    path = tmp_path / "keys.json"
+    keys.write_entries(str(path), [keys.make_entry(f"key{i}", token, ["use"]) for i, token in enumerate(tokens)])
+    ring = keys.KeyRing(API_KEY, str(path))
+    stored = [keys.digest(token).encode() for token in tokens]
+    compared = []
+    real = keys.hmac.compare_digest
+
+    def counting(a, b):
+        compared.append(tuple(sorted(x.encode() if isinstance(x, str) else bytes(x) for x in (a, b))))
+        return real(a, b)
+
+    monkeypatch.setattr(keys.hmac, "compare_digest", counting)
+    cases = [(tokens[0], "key0"), (tokens[-1], "key3"), (tokens[1], "key1"), (API_KEY, keys.SHARED_KEY_NAME),
+             (keys.new_token(), None), (API_KEY[:-1] + "x", None), ("short", None)]
+    for presented, name in cases:
+        compared.clear()
+        found = ring.identify(presented)
+        assert (found.name if found else None) == name, presented
+        hashed = keys.digest(presented).encode()
+        expected = [(presented.encode(), API_KEY.encode())] + [(hashed, row) for row in stored]
+        assert sorted(compared) == sorted(tuple(sorted(pair)) for pair in expected), presented
 
 
 def test_cors_preflight_from_allowed_origin(gateway):

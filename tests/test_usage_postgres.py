@@ -180,11 +180,13 @@ def test_two_stores_creating_the_table_at_once_both_work(postgres_url):
     GET /api/usage about one run in ten)."""
     stores = [UsageStore(postgres_url, 3600) for _ in range(2)]
     both_checked = threading.Barrier(2, timeout=1.5)
+    met = []  # the stores that found no table while the other had found none either
 
     def before_create(target, connection, tables=(), **kw):
         if tables:  # both found no table: both create it (as two workers' first flushes can)
             try:
                 both_checked.wait()
+                met.append(True)
             except threading.BrokenBarrierError:
                 pass
 
@@ -193,6 +195,7 @@ def test_two_stores_creating_the_table_at_once_both_work(postgres_url):
         for store in stores:
             store.add("alice", "a", 1, 1)
         assert run_threads(UsageStore.flush, [(store,) for store in stores]) == []
+        assert len(met) == 2, "the two stores did not both find the table missing: the race was not run"
         assert rows(postgres_url) == {("alice", "a"): (2, 2, 2, 0)}
     finally:
         sa.event.remove(metadata, "before_create", before_create)
