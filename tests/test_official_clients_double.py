@@ -7,6 +7,7 @@ for the real clients, so later tests can aim those clients at the gateway and tr
 from __future__ import annotations
 
 import math
+import struct
 
 import ollama
 import openai
@@ -153,7 +154,9 @@ def test_openai_models_list(oai):
     models = oai.models.list()
     assert [m.id for m in models] == ["llama3.2:latest", "qwen3:latest", "all-minilm:latest"]
     assert all(m.object == "model" and m.owned_by == "library" and m.created > 1_700_000_000 for m in models)
-    assert oai.models.retrieve("llama3.2").id == "llama3.2:latest"
+    # Ollama echoes the name as the path gave it.
+    assert oai.models.retrieve("llama3.2").id == "llama3.2"
+    assert oai.models.retrieve("llama3.2:latest").owned_by == "library"
 
 
 def test_openai_chat_whole(oai, double):
@@ -193,26 +196,96 @@ def test_openai_completions(oai, double):
     assert parts[-1].choices[0].finish_reason == "stop"
 
 
-def test_openai_embeddings_single_and_list(oai, native):
+def f32(vector) -> list:
+    return [struct.pack("<f", x) for x in vector]
+
+
+def test_openai_embeddings_single_and_list(oai, native, double):
     one = oai.embeddings.create(model="all-minilm", input="hello")
     assert one.model == "all-minilm" and len(one.data) == 1 and len(one.data[0].embedding) == 8
-    # The same vector the native /api/embed gives for the same text.
-    assert one.data[0].embedding == native.embed(model="all-minilm", input="hello").embeddings[0]
+    # The client asks for base64 (float32 bytes); they name the very float32 values /api/embed prints.
+    assert double.requests[-1]["body"]["encoding_format"] == "base64"
+    assert f32(one.data[0].embedding) == f32(native.embed(model="all-minilm", input="hello").embeddings[0])
     many = oai.embeddings.create(model="all-minilm", input=["hello", "world"])
     assert [d.index for d in many.data] == [0, 1] and all(len(d.embedding) == 8 for d in many.data)
     assert many.data[0].embedding == one.data[0].embedding != many.data[1].embedding
     assert many.usage.prompt_tokens == 2
 
 
-@pytest.mark.parametrize("call", [
-    lambda c: c.chat.completions.create(model="ghost", messages=[{"role": "user", "content": "x"}]),
-    lambda c: c.chat.completions.create(model="ghost", messages=[{"role": "user", "content": "x"}], stream=True),
-    lambda c: c.completions.create(model="ghost", prompt="x"),
-    lambda c: c.embeddings.create(model="ghost", input="x"),
-    lambda c: c.models.retrieve("ghost"),
+@pytest.mark.parametrize("call, message", [
+    (lambda c: c.chat.completions.create(model="ghost", messages=[{"role": "user", "content": "x"}]),
+     "model 'ghost' not found"),
+    (lambda c: c.chat.completions.create(model="ghost", messages=[{"role": "user", "content": "x"}], stream=True),
+     "model 'ghost' not found"),
+    (lambda c: c.completions.create(model="ghost", prompt="x"), "model 'ghost' not found"),
+    # Each native handler words it its own way (see server/routes.go).
+    (lambda c: c.embeddings.create(model="ghost", input="x"), 'model "ghost" not found, try pulling it first'),
+    (lambda c: c.models.retrieve("ghost"), "model 'ghost:latest' not found"),
 ], ids=["chat", "chat-stream", "completions", "embeddings", "model"])
-def test_openai_unknown_model_is_not_found(oai, call):
+def test_openai_unknown_model_is_not_found(oai, call, message):
     with pytest.raises(openai.NotFoundError) as info:
         call(oai)
     assert info.value.status_code == 404
-    assert "model 'ghost' not found" in info.value.message
+    assert info.value.message == f"Error code: 404 - {message}"
+
+
+# -- current Ollama's stricter and newer behaviour, through the official clients --------------------------------
+
+
+def test_ollama_client_sees_capability_refusals(native):
+    with pytest.raises(ollama.ResponseError) as info:
+        native.chat(model="llama3.2", messages=[{"role": "user", "content": "hi"}], think=True)
+    assert (info.value.status_code, info.value.error) == (400, '"llama3.2" does not support thinking')
+    with pytest.raises(ollama.ResponseError) as info:
+        native.generate(model="all-minilm", prompt="hi")
+    assert (info.value.status_code, info.value.error) == (400, '"all-minilm" does not support generate')
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
+    with pytest.raises(ollama.ResponseError) as info:
+        native.chat(model="qwen3", messages=[{"role": "user", "content": "hi"}], tools=tools)
+    assert info.value.error == "registry.ollama.ai/library/qwen3:latest does not support tools"
+
+
+def test_ollama_client_logprobs_and_tool_ids(native, double):
+    double.script(tokens=TOKENS)
+    parts = list(native.chat(model="llama3.2", messages=[{"role": "user", "content": "hi"}], stream=True,
+                             logprobs=True, top_logprobs=2))
+    assert [p.logprobs[0].token for p in parts[:-1]] == TOKENS
+    assert all(len(p.logprobs[0].top_logprobs) == 2 for p in parts[:-1])
+    double.reset()
+    weather = [{"role": "user", "content": "weather in Tokyo?"}]
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object",
+                                                                                     "properties": {}}}}]
+    resp = native.chat(model="llama3.2", messages=weather, tools=tools)
+    assert resp.message.tool_calls[0].function.name == "get_weather"
+    (call,) = [r for r in double.requests if r["path"] == "/api/chat"][-1:]
+    assert call["body"]["tools"][0]["function"]["name"] == "get_weather"
+
+
+@pytest.mark.parametrize("framing", ["odd", "go"])
+def test_clients_read_big_lines_in_any_framing(native, oai, double, framing):
+    double.script(tokens=TOKENS, framing=framing, big_line_bytes=1_000_000)
+    parts = list(native.generate(model="llama3.2", prompt="x", stream=True))
+    assert len(parts[0].response) > 999_000 and parts[0].response.startswith(TOKENS[0])
+    assert [p.response for p in parts[1:]] == TOKENS[1:] + [""]
+    stream = oai.chat.completions.create(model="llama3.2", messages=[{"role": "user", "content": "x"}], stream=True)
+    deltas = [c.choices[0].delta.content for c in stream if c.choices]
+    assert len(deltas[0]) > 999_000 and deltas[1:] == TOKENS[1:] + [None]
+
+
+def test_openai_client_reads_the_current_chunk_shape(oai, double):
+    double.script(tokens=["4"], thinking=["2+2", " is", " 4"])
+    chunks = list(oai.chat.completions.create(model="qwen3", messages=[{"role": "user", "content": "2+2?"}],
+                                              stream=True, stream_options={"include_usage": True}))
+    roles = [c.choices[0].delta.role for c in chunks if c.choices]
+    assert roles[0] == "assistant" and set(roles[1:]) == {None}
+    assert "".join((c.choices[0].delta.model_extra or {}).get("reasoning", "") for c in chunks if c.choices) == \
+        "2+2 is 4"
+    finish = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finish) == 1 and finish[0].choices[0].delta.content is None
+    assert chunks[-1].usage.completion_tokens == 4
+    with pytest.raises(openai.BadRequestError) as info:
+        oai.chat.completions.create(model="llama3.2", messages=[{"role": "user", "content": "x"}],
+                                    reasoning_effort="high")
+    assert info.value.status_code == 400 and info.value.body == {
+        "message": '"llama3.2" does not support thinking', "type": "invalid_request_error", "param": None,
+        "code": None}

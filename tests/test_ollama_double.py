@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import http.client
+import itertools
 import json
 import math
+import re
 import select
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -16,6 +21,8 @@ import pytest
 import requests
 
 from tests.ollama_double import OllamaDouble
+from tests.ollama_double.gojson import fold, parse_duration
+from tests.ollama_double.wire import VERSION, go_float
 
 ROOT = Path(__file__).resolve().parents[1]
 HELLO = {"model": "llama3.2", "prompt": "hello world"}
@@ -56,6 +63,74 @@ def generate_request(body: dict, version: str = "HTTP/1.1") -> str:
             f"Content-Length: {len(data)}\r\n\r\n{data}")
 
 
+class Raw:
+    """One HTTP response read off a raw socket, keeping the chunk boundaries and when each chunk arrived."""
+
+    def __init__(self, status: int, headers: dict, chunks, body: bytes, times: list, head: bytes):
+        self.status, self.headers, self.chunks, self.body, self.times, self.head = \
+            status, headers, chunks, body, times, head
+
+    def lines(self) -> list:
+        return [json.loads(line) for line in self.body.split(b"\n") if line.strip()]
+
+
+def exchange(double, method: str, path: str, body=None, headers=None, version: str = "HTTP/1.1",
+             timeout: float = 10) -> Raw:
+    """Send one request on a fresh connection and read the response as framed on the wire."""
+    data = body if isinstance(body, bytes) else b"" if body is None else json.dumps(body).encode()
+    head = {"Host": double.url.split("//")[1], "Content-Length": str(len(data)), "Connection": "close",
+            **(headers or {})}
+    request = f"{method} {path} {version}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in head.items()) + "\r\n"
+    host, port = double.url.rsplit("/", 1)[-1].split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(request.encode() + data)
+        with sock.makefile("rb") as reader:
+            status_line = reader.readline()
+            raw_head, fields = status_line, {}
+            while True:
+                line = reader.readline()
+                raw_head += line
+                if line in (b"\r\n", b""):
+                    break
+                name, _, value = line.decode().partition(":")
+                fields[name.strip().lower()] = value.strip()
+            status = int(status_line.split()[1])
+            chunks, times, body = None, [], b""
+            if method == "HEAD" or status in (204, 304):
+                pass
+            elif fields.get("transfer-encoding") == "chunked":
+                chunks = []
+                while True:
+                    size = int(reader.readline().strip(), 16)
+                    if size == 0:
+                        reader.readline()
+                        break
+                    chunks.append(reader.read(size))
+                    times.append(time.monotonic())
+                    assert reader.read(2) == b"\r\n"
+                body = b"".join(chunks)
+            elif "content-length" in fields:
+                body = reader.read(int(fields["content-length"]))
+            else:
+                body = reader.read()
+    return Raw(status, fields, chunks, body, times, raw_head)
+
+
+def line_spans(chunks: list) -> list:
+    """For each line of a chunked body (newline included), how many chunks carry part of it."""
+    bounds, pos = [], 0
+    for chunk in chunks:
+        bounds.append((pos, pos + len(chunk)))
+        pos += len(chunk)
+    body, spans, start = b"".join(chunks), [], 0
+    while start < len(body):
+        end = body.find(b"\n", start)
+        end = len(body) - 1 if end < 0 else end
+        spans.append(sum(1 for lo, hi in bounds if lo <= end and hi > start))
+        start = end + 1
+    return spans
+
+
 def read_until_closed(sock: socket.socket, timeout: float) -> bytes:
     """Everything the peer sends until it closes; fails if it stays open past `timeout`."""
     data, end = b"", time.monotonic() + timeout
@@ -76,7 +151,8 @@ def test_root_and_version_bytes(double):
     assert (root.status_code, root.text) == (200, "Ollama is running")
     assert root.headers["Content-Type"] == "text/plain; charset=utf-8"
     version = requests.get(double.url + "/api/version", timeout=5)
-    assert version.content == b'{"version":"0.12.6"}'  # compact, no trailing newline
+    assert VERSION == "0.33.0"
+    assert version.content == b'{"version":"0.33.0"}'  # compact, no trailing newline
     assert version.headers["Content-Type"] == "application/json; charset=utf-8"
     assert version.headers["Content-Length"] == "20"
     assert "Server" not in version.headers
@@ -85,12 +161,14 @@ def test_root_and_version_bytes(double):
 def test_tags_shape(double):
     models = requests.get(double.url + "/api/tags", timeout=5).json()["models"]
     assert [m["name"] for m in models] == ["llama3.2:latest", "qwen3:latest", "all-minilm:latest"]
-    for m in models:
-        assert set(m) == {"name", "model", "modified_at", "size", "digest", "details"}
+    for m in models:  # current servers list capabilities and the context/embedding lengths too
+        assert list(m) == ["name", "model", "modified_at", "size", "digest", "details", "capabilities"]
         assert len(m["digest"]) == 64 and int(m["digest"], 16) >= 0
-        assert set(m["details"]) == {"parent_model", "format", "family", "families", "parameter_size",
-                                     "quantization_level"}
+        assert list(m["details"]) == ["parent_model", "format", "family", "families", "parameter_size",
+                                      "quantization_level", "context_length", "embedding_length"]
         assert isinstance(m["size"], int) and m["size"] > 0
+    assert [m["capabilities"] for m in models] == [["completion", "tools"], ["completion", "thinking"], ["embedding"]]
+    assert models[2]["details"]["context_length"] == 512
 
 
 def test_ps_and_show(double):
@@ -102,8 +180,13 @@ def test_ps_and_show(double):
     assert "tools" in body["capabilities"] and body["details"]["family"] == "llama"
     assert body["model_info"]["llama.context_length"] > 0 and body["modified_at"]
     assert b"\\u003c|user|\\u003e" in show.content and b"<" not in show.content  # Go's HTML escaping
+    assert len(body["tensors"]) == 255 and body["tensors"][0] == {"name": "token_embd.weight", "type": "Q6_K",
+                                                                  "shape": [3072, 128256]}
+    assert body["model_info"]["tokenizer.ggml.tokens"] == []  # arrays over 5 items need verbose
+    assert list(body)[-3:] == ["tensors", "capabilities", "modified_at"]
+    # The handler names the model as it resolved it, tag included.
     missing = post(double, "/api/show", {"model": "nope"})
-    assert (missing.status_code, missing.content) == (404, b'{"error":"model \'nope\' not found"}')
+    assert (missing.status_code, missing.content) == (404, b'{"error":"model \'nope:latest\' not found"}')
 
 
 # -- generation ---------------------------------------------------------------------------------------------
@@ -165,8 +248,11 @@ def test_chat_stream_and_tool_call(double):
     weather = [{"role": "user", "content": "What is the weather in Tokyo?"}]
     lines = ndjson(post(double, "/api/chat", {"model": "llama3.2", "messages": weather, "tools": tools}))
     assert len(lines) == 2 and lines[0]["message"]["content"] == ""
-    assert lines[0]["message"]["tool_calls"] == [
-        {"function": {"index": 0, "name": "get_weather", "arguments": {"city": "Tokyo"}}}]
+    (call,) = lines[0]["message"]["tool_calls"]
+    assert list(call) == ["id", "function"] and re.fullmatch(r"call_[a-z0-9]{8}", call["id"])
+    assert call["function"] == {"index": 0, "name": "get_weather", "arguments": {"city": "Tokyo"}}
+    again = ndjson(post(double, "/api/chat", {"model": "llama3.2", "messages": weather, "tools": tools}))
+    assert again[0]["message"]["tool_calls"][0]["id"] == call["id"]  # deterministic
 
 
 def test_qwen3_thinks_first_unless_told_not_to(double):
@@ -336,7 +422,7 @@ def test_first_delay_withholds_status_and_headers(double):
 def test_slow_version(double):
     double.script(fault="slow_version", first_delay=0.3)
     started = time.monotonic()
-    assert requests.get(double.url + "/api/version", timeout=5).json() == {"version": "0.12.6"}
+    assert requests.get(double.url + "/api/version", timeout=5).json() == {"version": VERSION}
     assert time.monotonic() - started >= 0.28
     double.reset()
     started = time.monotonic()
@@ -409,8 +495,9 @@ def test_stop_wakes_hangs_and_idle_connections():
 
 
 def test_openai_layer(double):
-    models = requests.get(double.url + "/v1/models", timeout=5).json()
-    assert models["object"] == "list" and models["data"][0]["id"] == "llama3.2:latest"
+    models = requests.get(double.url + "/v1/models", timeout=5)
+    assert models.headers["Content-Type"] == "application/json" and models.content.endswith(b"}\n")  # json.Encoder
+    assert models.json()["object"] == "list" and models.json()["data"][0]["id"] == "llama3.2:latest"
     msgs = [{"role": "user", "content": "hi"}]
     chat = post(double, "/v1/chat/completions", {"model": "llama3.2", "messages": msgs}).json()
     assert chat["object"] == "chat.completion" and chat["choices"][0]["message"]["content"] == "You said: hi"
@@ -421,15 +508,17 @@ def test_openai_layer(double):
     events = [e for e in resp.text.split("\n\n") if e]
     assert all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
     chunks = [json.loads(e[6:]) for e in events[:-1]]
-    assert "".join(c["choices"][0]["delta"]["content"] for c in chunks if c["choices"]) == "You said: hi"
-    assert chunks[-2]["choices"][0]["finish_reason"] == "stop" and chunks[-1]["choices"] == []
-    assert chunks[-1]["usage"]["completion_tokens"] == 3
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert "".join(d.get("content", "") for d in deltas) == "You said: hi"
+    assert chunks[-2]["choices"][0] == {"index": 0, "delta": {}, "finish_reason": "stop"}
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 3
     text = post(double, "/v1/completions", {"model": "llama3.2", "prompt": "yo"}).json()
     assert text["object"] == "text_completion" and text["choices"][0]["text"] == "You said: yo"
+    assert "logprobs" not in text["choices"][0]
     emb = post(double, "/v1/embeddings", {"model": "all-minilm", "input": ["a", "b"]}).json()
     assert [d["index"] for d in emb["data"]] == [0, 1] and len(emb["data"][0]["embedding"]) == 8
     missing = post(double, "/v1/chat/completions", {"model": "ghost", "messages": msgs})
-    assert missing.status_code == 404
+    assert missing.status_code == 404 and missing.content.endswith(b"}\n")
     assert missing.json() == {"error": {"message": "model 'ghost' not found", "type": "not_found_error",
                                         "param": None, "code": None}}
 
@@ -460,9 +549,576 @@ def test_runs_as_a_process():
             assert select.select([proc.stdout], [], [], 10)[0], "the process printed no URL"
             url = proc.stdout.readline().strip()
             assert url.startswith("http://127.0.0.1:")
-            assert requests.get(url + "/api/version", timeout=5).json() == {"version": "0.12.6"}
+            assert requests.get(url + "/api/version", timeout=5).json() == {"version": VERSION}
             requests.post(url + "/_double/script", json={"fault": "busy"}, timeout=5)
             assert requests.post(url + "/api/generate", json=HELLO, timeout=5).status_code == 503
         finally:
             proc.terminate()
         assert proc.wait(5) == 0, "SIGTERM must stop the server cleanly"
+
+
+# -- framing as Go's net/http does it -------------------------------------------------------------------------
+
+
+def test_small_bodies_have_content_length_and_big_ones_are_chunked(double):
+    small = exchange(double, "GET", "/api/tags")  # three models: about 1.1 KiB
+    assert small.chunks is None and int(small.headers["content-length"]) == len(small.body) < 2048
+    assert "transfer-encoding" not in small.headers
+    show = exchange(double, "POST", "/api/show", {"model": "llama3.2"})  # tensors make it ~20 KB
+    assert show.headers["transfer-encoding"] == "chunked" and "content-length" not in show.headers
+    assert len(show.chunks) > 1 and len(show.body) > 2048  # odd framing: several chunks
+    assert json.loads(show.body)["details"]["family"] == "llama"
+    double.script(framing="go")
+    show_go = exchange(double, "POST", "/api/show", {"model": "llama3.2"})
+    assert [len(c) for c in show_go.chunks] == [len(show_go.body)]  # net/http: one Write, one chunk
+    assert show_go.body == show.body
+
+
+def test_the_2048_byte_threshold():
+    # A catalogue whose /api/tags body is exactly 2048 bytes, then one byte longer.
+    def catalogue(name: str) -> list:
+        return [{"name": name, "model": "m", "modified_at": "2025-01-01T00:00:00Z", "digest": "0" * 64}]
+
+    with OllamaDouble(models=catalogue("m")) as d:
+        base = len(exchange(d, "GET", "/api/tags").body)
+    name = "m" * (2048 - base + 1)
+    for extra, chunked in ((0, False), (1, True)):
+        with OllamaDouble(models=catalogue(name + "x" * extra)) as d:
+            got = exchange(d, "GET", "/api/tags")
+            assert len(got.body) == 2048 + extra
+            assert (got.chunks is not None) is chunked
+            assert ("content-length" in got.headers) is not chunked
+
+
+def test_head_and_http10_framing():
+    many = [{"name": f"model-{i}"} for i in range(40)]
+    with OllamaDouble(models=many) as d:
+        big = exchange(d, "HEAD", "/api/tags")  # > 2 KiB: net/http sends neither length nor chunking
+        assert big.status == 200 and "content-length" not in big.headers and "transfer-encoding" not in big.headers
+        small = exchange(d, "HEAD", "/api/version")
+        assert small.headers["content-length"] == str(len(f'{{"version":"{VERSION}"}}')) and small.body == b""
+        old = exchange(d, "GET", "/api/tags", version="HTTP/1.0")
+        assert "content-length" not in old.headers and "transfer-encoding" not in old.headers
+        assert len(json.loads(old.body)["models"]) == 40  # the body ended when the connection did
+        listed = exchange(d, "GET", "/v1/models")
+        assert listed.headers["transfer-encoding"] == "chunked" and listed.body.endswith(b"\n")
+
+
+def test_odd_framing_merges_ready_lines_and_splits_lines(double):
+    double.script(tokens=[f" t{i}" for i in range(12)])
+    got = exchange(double, "POST", "/api/generate", HELLO)
+    lines = got.lines()
+    assert [x["response"] for x in lines[:-1]] == [f" t{i}" for i in range(12)] and lines[-1]["done"]
+    assert any(chunk.count(b"\n") >= 2 for chunk in got.chunks), "ready lines should share a chunk"
+    spans = line_spans(got.chunks)
+    assert len(spans) == 13 and max(spans) >= 2, "some line should be cut across chunks"
+    assert not all(chunk.endswith(b"\n") for chunk in got.chunks)
+    again = exchange(double, "POST", "/api/generate", HELLO)
+    assert line_spans(again.chunks) == spans  # deterministic: same cuts for the same stream
+    assert [c.count(b"\n") for c in again.chunks] == [c.count(b"\n") for c in got.chunks]
+    rec = double.wait_stream_closed(2)
+    assert rec["lines_sent"] == 13 and rec["chunks_sent"] == len(again.chunks)
+
+
+def test_go_framing_is_one_line_per_chunk(double):
+    double.script(tokens=[f" t{i}" for i in range(6)], framing="go")
+    got = exchange(double, "POST", "/api/generate", HELLO)
+    assert all(chunk.count(b"\n") == 1 and chunk.endswith(b"\n") for chunk in got.chunks)
+    assert len(got.chunks) == 7
+    sse_stream = exchange(double, "POST", "/v1/chat/completions",
+                          {"model": "llama3.2", "messages": [{"role": "user", "content": "x"}], "stream": True,
+                           "stream_options": {"include_usage": True}})
+    # The finish chunk, the usage chunk and [DONE] come from one native line: one flush, one chunk.
+    assert sse_stream.chunks[-1].count(b"data: ") == 3 and sse_stream.chunks[-1].endswith(b"data: [DONE]\n\n")
+    assert all(chunk.count(b"data: ") == 1 for chunk in sse_stream.chunks[:-1])
+
+
+def test_go_framing_imitates_the_2k_buffer():
+    from tests.ollama_double.transport import Framer
+    run = [(b"a" * 1500, 0), (b"b" * 1000, 0), (b"c" * 10, 1), (b"d" * 3000, 2), (b"e", 3), (b"f", 3)]
+    assert [len(c) for c in Framer("go").plan(run)] == [2048, 452, 10, 3000, 2]
+    assert Framer("go").plan(run)[0] == b"a" * 1500 + b"b" * 548
+
+
+def test_odd_framing_keeps_token_timing(double):
+    # Each line is due 0.3 s after the previous one; the pieces of one line must arrive together.
+    double.script(tokens=["a", "b", "c"], delay=0.3, big_line_bytes=3000)
+    got = exchange(double, "POST", "/api/generate", HELLO)
+    assert len(got.lines()) == 4
+    ends, pos, per_line = [], 0, {}
+    for chunk, at in zip(got.chunks, got.times):
+        line = got.body[:pos].count(b"\n")
+        per_line.setdefault(line, []).append(at)
+        pos += len(chunk)
+        ends.append(pos)
+    assert len(per_line[0]) >= 2, "a 3000-byte line goes out in pieces"
+    for times in per_line.values():
+        assert max(times) - min(times) < 0.15, "a line's second half is never delayed"
+    firsts = [min(per_line[i]) for i in sorted(per_line)]
+    assert all(b - a >= 0.25 for a, b in itertools.pairwise(firsts))
+
+
+def test_big_line_of_ten_megabytes(double):
+    size = 10 * 1024 * 1024
+    double.script(big_line_bytes=size)
+    got = exchange(double, "POST", "/api/chat", {"model": "llama3.2", "messages": [{"role": "user", "content": "x"}]})
+    first = got.body.split(b"\n", 1)[0] + b"\n"
+    assert len(first) == size
+    # Pieces of 4 KiB; the last one may share its chunk with the short lines that follow.
+    assert sorted(len(c) for c in got.chunks)[-3] <= 4096 and max(len(c) for c in got.chunks) < 8192
+    assert len(got.chunks) > size // 4096
+    line = json.loads(first)
+    assert line["message"]["content"].startswith("You") and len(line["message"]["content"]) > size - 200
+    assert [x["done"] for x in got.lines()] == [False, False, False, True]
+    whole = post(double, "/api/chat", {"model": "llama3.2", "stream": False,
+                                       "messages": [{"role": "user", "content": "x"}]}, timeout=30)
+    assert len(whole.content) == size and whole.headers["Transfer-Encoding"] == "chunked"
+    double.script(big_line_bytes=5000)
+    events = exchange(double, "POST", "/v1/chat/completions",
+                      {"model": "llama3.2", "messages": [{"role": "user", "content": "x"}], "stream": True})
+    assert len(events.body.split(b"\n\n")[0]) + 2 == 5000
+
+
+def test_verbose_show_can_be_megabytes(double):
+    plain = post(double, "/api/show", {"model": "llama3.2"})
+    verbose = post(double, "/api/show", {"model": "llama3.2", "verbose": True})
+    assert plain.json()["model_info"]["tokenizer.ggml.tokens"] == []
+    assert len(verbose.json()["model_info"]["tokenizer.ggml.tokens"]) == 300
+    assert len(verbose.content) > len(plain.content)
+    double.script(verbose_show_bytes=4_000_000)
+    huge = post(double, "/api/show", {"model": "llama3.2", "verbose": True}, timeout=30)
+    assert 3_800_000 < len(huge.content) < 4_200_000 and huge.headers["Transfer-Encoding"] == "chunked"
+    assert huge.json()["tensors"] == verbose.json()["tensors"]
+    assert len(post(double, "/api/show", {"model": "llama3.2"}).content) == len(plain.content)
+
+
+# -- JSON keys as Go's encoding/json matches them --------------------------------------------------------------
+
+
+def test_fold_is_simple_unicode_folding():
+    assert fold("STREAM") == fold("Stream") == fold("stream") == fold("\u017ftream")  # long s
+    assert fold("\u212aeep_alive") == fold("keep_alive")  # Kelvin sign
+    assert fold("\u00df") != fold("ss") and fold("\u1e9e") == fold("\u00df")  # sharp s folds only with capital
+    assert fold("\u0131") != fold("i") and fold("\u0130") != fold("i")  # dotless i, dotted capital I
+    assert fold("\u0130") != fold("\u0131") and fold("I") == fold("i")
+    assert fold("\u03a3") == fold("\u03c3") == fold("\u03c2")  # sigma, final sigma
+
+
+def test_top_level_keys_fold_and_the_last_one_wins(double):
+    whole = post(double, "/api/generate", {"model": "llama3.2", "prompt": "hi", "STREAM": False})
+    assert whole.headers["Content-Type"] == "application/json; charset=utf-8" and whole.json()["done"]
+    # Both keys fold to `stream`: the later one (true) wins.
+    raw = b'{"model":"llama3.2","prompt":"hi","stream":false,"\xc5\xbftream":true}'
+    streamed = requests.post(double.url + "/api/generate", data=raw, timeout=5)
+    assert streamed.headers["Content-Type"] == "application/x-ndjson"
+    raw = b'{"MODEL":"ghost","Model":"llama3.2","prompt":"hi","stream":false}'
+    assert requests.post(double.url + "/api/generate", data=raw, timeout=5).json()["model"] == "llama3.2"
+    unload = post(double, "/api/generate", {"model": "llama3.2", "\u212aeep_alive": 0})
+    assert unload.json()["done_reason"] == "unload"
+    # Dotless and dotted i are not i: these keys are unknown, so nothing asks llama3.2 to think.
+    for key in ("th\u0131nk", "th\u0130nk"):
+        assert post(double, "/api/generate", {"model": "llama3.2", "prompt": "hi", key: True,
+                                              "stream": False}).status_code == 200
+    assert post(double, "/api/generate", {"model": "llama3.2", "prompt": "hi", "THINK": True}).status_code == 400
+    assert post(double, "/api/generate", {"model": "llama3.2", "prompt": "hi", "\u00dfTREAM": False}).headers[
+        "Content-Type"] == "application/x-ndjson"  # "ßTREAM" is not "stream"
+    v1 = post(double, "/v1/chat/completions", {"MODEL": "llama3.2", "Messages": [{"ROLE": "user", "Content": "x"}],
+                                               "\u017fTREAM": True})
+    assert v1.headers["Content-Type"] == "text/event-stream"
+
+
+def test_nested_struct_keys_fold_but_map_keys_do_not(double):
+    messages = [{"ROLE": "User", "CONTENT": "ignored", "content": "kept"}]
+    chat = post(double, "/api/chat", {"model": "llama3.2", "messages": messages, "stream": False}).json()
+    assert chat["message"]["content"] == "You said: kept"  # role lower-cased, last content wins
+    tools = [{"TYPE": "function", "Function": {"NAME": "get_weather", "Parameters": {"type": "object"}}}]
+    weather = [{"role": "user", "content": "weather in Tokyo?"}]
+    called = post(double, "/api/chat", {"model": "llama3.2", "messages": weather, "TOOLS": tools, "stream": False})
+    assert called.json()["message"]["tool_calls"][0]["function"]["name"] == "get_weather"
+    refused = post(double, "/api/chat", {"model": "qwen3", "messages": weather, "T\u00d8OLS": tools})
+    assert refused.status_code == 200  # not a key for `tools`
+    # options is a Go map: exact keys only.
+    limited = post(double, "/api/generate", {**HELLO, "stream": False, "options": {"num_predict": 1}}).json()
+    assert (limited["response"], limited["done_reason"]) == ("You", "length")
+    ignored = post(double, "/api/generate", {**HELLO, "stream": False, "options": {"NUM_PREDICT": 1}}).json()
+    assert ignored["done_reason"] == "stop"
+    merged = post(double, "/api/generate", {**HELLO, "stream": False, "options": {"seed": 1},
+                                            "OPTIONS": {"num_predict": 2}}).json()
+    assert merged["response"] == "You said:"  # a second object for one map field merges into it
+
+
+@pytest.mark.parametrize("body, message", [
+    (b'{"model":"llama3.2","stream":"no"}',
+     "json: cannot unmarshal string into Go struct field GenerateRequest.stream of type bool"),
+    (b'{"model":"llama3.2","top_logprobs":2.5}',
+     "json: cannot unmarshal number 2.5 into Go struct field GenerateRequest.top_logprobs of type int"),
+    (b'{"model":"llama3.2","prompt":["a"]}',
+     "json: cannot unmarshal array into Go struct field GenerateRequest.prompt of type string"),
+    (b'{"model":"llama3.2","options":[1]}',
+     "json: cannot unmarshal array into Go struct field GenerateRequest.options of type map[string]interface {}"),
+    (b'{"model":"llama3.2","think":"extreme"}',
+     'invalid think value: "extreme" (must be "high", "medium", "low", "max", true, or false)'),
+    (b'{"model":"llama3.2","think":1}',
+     'think must be a boolean or string ("high", "medium", "low", "max", true, or false)'),
+    (b'{"model":"llama3.2","keep_alive":"5 minutes"}', 'time: unknown unit " minutes" in duration "5 minutes"'),
+    (b'{"model":"llama3.2","keep_alive":true}', "Unsupported type: 'bool'"),
+    (b'{"model":"llama3.2","prompt":NaN}', "invalid character 'N' looking for beginning of value"),
+    (b'{"model":"llama3.2","prompt":tru}', "invalid character '}' in literal true (expecting 'e')"),
+    (b'[1 2]', "invalid character '2' after array element"),
+])
+def test_go_decoder_errors(double, body, message):
+    resp = requests.post(double.url + "/api/generate", data=body, timeout=5)
+    assert (resp.status_code, resp.json()) == (400, {"error": message})
+
+
+def test_go_decoder_oddities(double):
+    chat = requests.post(double.url + "/api/chat", timeout=5,
+                         data=b'{"model":"llama3.2","messages":[{"role":"user","content":5}]}').json()
+    assert chat == {"error": "json: cannot unmarshal number into Go struct field ChatRequest.messages.content "
+                             "of type string"}
+    tool = requests.post(double.url + "/api/chat", timeout=5,
+                         data=b'{"model":"llama3.2","tools":[{"function":{"name":7}}]}').json()
+    assert tool["error"].endswith("Go struct field ToolFunction.tools.function.name of type string")
+    # Decode reads one JSON value and never looks at what follows it.
+    trailing = requests.post(double.url + "/api/generate", data=b'{"model":"llama3.2","prompt":"hi","stream":false}'
+                             b'{"prompt":"ignored"} and garbage', timeout=5)
+    assert trailing.json()["response"] == "You said: hi"
+    assert requests.post(double.url + "/api/generate", data=b"  \n ", timeout=5).json() == {
+        "error": "missing request body"}
+    assert parse_duration("1h30m") == 5_400_000_000_000 and parse_duration("-1s") == -1_000_000_000
+    assert [go_float(x) for x in (1.0, 1e-7, 0.00001, 1e21, -2.5)] == ["1", "1e-7", "0.00001", "1e+21", "-2.5"]
+
+
+# -- refusals ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path, body, message", [
+    ("/api/chat", {"model": "llama3.2", "messages": [{"role": "user", "content": "x"}], "think": True},
+     '"llama3.2" does not support thinking'),
+    ("/api/generate", {"model": "LLAMA3.2", "prompt": "x", "think": "high"}, '"LLAMA3.2" does not support thinking'),
+    ("/api/chat", {"model": "qwen3", "messages": [{"role": "user", "content": "x"}],
+                   "tools": [{"type": "function", "function": {"name": "f"}}]},
+     "registry.ollama.ai/library/qwen3:latest does not support tools"),
+    ("/api/generate", {"model": "all-minilm", "prompt": "x"}, '"all-minilm" does not support generate'),
+    ("/api/chat", {"model": "all-minilm", "messages": [{"role": "user", "content": "x"}]},
+     '"all-minilm" does not support chat'),
+    ("/api/generate", {"model": "llama3.2", "prompt": "x", "suffix": "y"},
+     "registry.ollama.ai/library/llama3.2:latest does not support insert"),
+    ("/api/chat", {"model": "llama3.2", "messages": [], "top_logprobs": 21}, "top_logprobs must be between 0 and 20"),
+    ("/api/generate", {"model": "ghost", "prompt": "x", "top_logprobs": -1}, "top_logprobs must be between 0 and 20"),
+    ("/api/generate", {"model": "bad name!", "prompt": "x"}, "invalid model name"),
+    ("/api/chat", {"model": " ", "messages": []}, "model is required"),
+])
+def test_capability_refusals(double, path, body, message):
+    resp = post(double, path, body)
+    assert (resp.status_code, resp.json()) == (400, {"error": message})
+    assert resp.headers["Content-Type"] == "application/json; charset=utf-8"
+    assert double.streams == []
+
+
+def test_think_levels_and_false(double):
+    for level in (True, "low", "medium", "high", "max"):
+        lines = ndjson(post(double, "/api/generate", {"model": "qwen3", "prompt": "hi", "think": level}))
+        assert lines[0]["thinking"], level
+    quiet = post(double, "/api/chat", {"model": "llama3.2", "think": False, "stream": False,
+                                       "messages": [{"role": "user", "content": "hi"}]})
+    assert quiet.status_code == 200 and "thinking" not in quiet.json()["message"]
+    assert post(double, "/api/generate", {"model": "llama3.2", "prompt": "hi", "think": None}).status_code == 200
+    bad_option = post(double, "/api/generate", {**HELLO, "options": {"temperature": "hot"}})
+    assert (bad_option.status_code, bad_option.json()) == (
+        500, {"error": 'option "temperature" must be of type float32'})
+
+
+def test_cloud_models_need_a_signed_in_server(double):
+    for path, body in (("/api/chat", {"model": "gpt-oss:120b-cloud", "messages": []}),
+                       ("/api/generate", {"model": "kimi:cloud", "prompt": "x"}),
+                       ("/v1/chat/completions", {"model": "gpt-oss:120b-cloud",
+                                                 "messages": [{"role": "user", "content": "x"}]})):
+        resp = post(double, path, body)
+        assert resp.status_code == 401 and resp.json()["error"] == "unauthorized", path
+        assert resp.json()["signin_url"].startswith("https://ollama.com/connect?name=")
+    conflict = post(double, "/api/generate", {"model": "x:cloud:local", "prompt": "x"})
+    assert conflict.json() == {"error": 'use either :local or :cloud, not both: "x:cloud:local"'}
+    local = post(double, "/api/generate", {"model": "llama3.2:local", "prompt": "x", "stream": False}).json()
+    assert local["model"] == "llama3.2:local" and local["response"] == "You said: x"
+
+
+# -- routes a current server has ----------------------------------------------------------------------------
+
+
+def test_copy(double):
+    done = post(double, "/api/copy", {"source": "llama3.2", "destination": "backup:v1"})
+    assert (done.status_code, done.content, done.headers["Content-Length"]) == (200, b"", "0")
+    tags = requests.get(double.url + "/api/tags", timeout=5).json()["models"]
+    assert tags[0]["name"] == "backup:v1" and tags[0]["digest"] == tags[1]["digest"]
+    assert post(double, "/api/generate", {"model": "backup:v1", "prompt": "x"}).status_code == 200
+    missing = post(double, "/api/copy", {"source": "ghost", "destination": "x"})
+    assert (missing.status_code, missing.json()) == (404, {"error": 'model "ghost" not found'})
+    invalid = post(double, "/api/copy", {"source": "llama3.2", "destination": "a/b/c/d"})
+    assert (invalid.status_code, invalid.json()) == (400, {"error": 'destination "a/b/c/d" is invalid'})
+    assert post(double, "/api/copy", {"destination": "x"}).json() == {"error": 'source "" is invalid'}
+
+
+def test_create(double):
+    resp = post(double, "/api/create", {"model": "mario", "from": "llama3.2", "system": "You are Mario."})
+    assert resp.headers["Content-Type"] == "application/x-ndjson"
+    statuses = [x["status"] for x in ndjson(resp)]
+    assert statuses[:4] == [f"using existing layer sha256:{s}" for s in statuses_digests(statuses[:4])]
+    assert statuses[4].startswith("creating new layer sha256:") and statuses[-2:] == ["writing manifest", "success"]
+    mario = post(double, "/api/show", {"model": "mario"}).json()
+    assert mario["capabilities"] == ["completion", "tools"]
+    neither = post(double, "/api/create", {"model": "luigi"})
+    assert (neither.status_code, neither.json()) == (400, {"error": "neither 'from' or 'files' was specified"})
+    assert neither.headers["Content-Type"] == "application/json"  # the error came out of the stream writer
+    quiet = post(double, "/api/create", {"model": "peach", "from": "qwen3", "stream": False})
+    assert (quiet.json(), quiet.headers["Content-Type"]) == ({"status": "success"}, "application/json")
+    lost = ndjson(post(double, "/api/create", {"model": "toad", "from": "ghost"}))
+    assert lost == [{"status": "pulling manifest"}, {"error": "pull model manifest: file does not exist"}]
+    assert post(double, "/api/create", {"model": "x", "files": {"../w.gguf": "sha256:" + "0" * 64}}).json() == {
+        "error": "file path must be relative"}
+    assert post(double, "/api/create", {"model": "bad name!", "from": "llama3.2"}).json() == {
+        "error": "invalid model name"}
+
+
+def statuses_digests(statuses: list) -> list:
+    return [s.rsplit(":", 1)[-1] for s in statuses]
+
+
+def test_blobs_then_create_from_files(double):
+    data = b"GGUF fake weights"
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    head = exchange(double, "HEAD", f"/api/blobs/{digest}")
+    assert head.status == 404 and head.body == b"" and int(head.headers["content-length"]) > 0
+    wrong = exchange(double, "POST", "/api/blobs/sha256:" + "a" * 64, data)
+    assert wrong.status == 400
+    assert json.loads(wrong.body) == {"error": f'digest mismatch, expected "sha256:{"a" * 64}", got "{digest}"'}
+    # The upload was kept under what it really is, mismatch or not.
+    assert exchange(double, "HEAD", f"/api/blobs/{digest}").status == 200
+    fresh = exchange(double, "POST", "/api/blobs/sha256:" + hashlib.sha256(b"other").hexdigest(), b"other")
+    assert (fresh.status, fresh.body) == (201, b"")
+    assert exchange(double, "POST", f"/api/blobs/{digest}", data).status == 200  # already there
+    bad = exchange(double, "HEAD", "/api/blobs/md5:abc")
+    assert bad.status == 400 and "content-length" in bad.headers
+    created = ndjson(post(double, "/api/create", {"model": "fromfile", "files": {"model.gguf": digest}}))
+    assert [x["status"] for x in created] == ["parsing GGUF", f"using existing layer {digest}", "writing manifest",
+                                               "success"]
+    missing = post(double, "/api/create", {"model": "nofile", "files": {"model.gguf": "sha256:" + "b" * 64}})
+    assert missing.status_code == 500 and "no such file or directory" in missing.json()["error"]
+
+
+def test_push_is_refused_without_an_account(double):
+    lines = ndjson(post(double, "/api/push", {"model": "llama3.2"}))
+    assert lines == [{"status": "retrieving manifest"}, {"error": "unauthorized: access denied"}]
+    unknown = ndjson(post(double, "/api/push", {"model": "ghost"}))
+    assert unknown[:2] == [{"status": "retrieving manifest"}, {"status": "couldn't retrieve manifest"}]
+    assert unknown[2]["error"].endswith("/manifests/registry.ollama.ai/library/ghost/latest: no such file or directory")
+    quiet = post(double, "/api/push", {"model": "llama3.2", "stream": False})
+    assert (quiet.status_code, quiet.json()) == (500, {"error": "unauthorized: access denied"})
+    assert post(double, "/api/push", {}).json() == {"error": "model is required"}
+
+
+def test_account_and_cloud_routes_of_a_signed_out_server(double):
+    me = post(double, "/api/me", {})
+    assert me.status_code == 401 and list(me.json()) == ["error", "signin_url"]
+    url = me.json()["signin_url"]
+    assert re.fullmatch(r"https://ollama\.com/connect\?name=[^&]+&key=[A-Za-z0-9_-]+", url)
+    assert base64.urlsafe_b64decode(url.rsplit("=", 1)[-1] + "==").startswith(b"ssh-ed25519 ")
+    out = post(double, "/api/signout", {})
+    assert (out.status_code, out.json()) == (401, {"error": "you are not currently signed in"})
+    key = requests.delete(double.url + "/api/user/keys/c3NoLWVkMjU1MTk", timeout=5)
+    assert (key.status_code, key.json()) == (401, {"error": "you are not currently signed in"})
+    status = requests.get(double.url + "/api/status", timeout=5)
+    assert status.json() == {"cloud": {"disabled": False, "source": "none"}}
+    for path in ("/api/experimental/web_search", "/api/experimental/web_fetch"):
+        empty = requests.post(double.url + path, data=b" ", timeout=5)
+        assert (empty.status_code, empty.json()) == (400, {"error": "missing request body"})
+        asked = requests.post(double.url + path, data=b'{"query": "ollama"}', timeout=5)
+        assert asked.status_code == 401 and asked.json()["signin_url"] == url
+    recs = requests.get(double.url + "/api/experimental/model-recommendations", timeout=5).json()["recommendations"]
+    assert recs and all({"model", "description"} <= set(r) for r in recs)
+    paths = [r["path"] for r in double.requests]
+    assert paths[:3] == ["/api/me", "/api/signout", "/api/user/keys/c3NoLWVkMjU1MTk"]
+
+
+@pytest.mark.parametrize("method, path, status, allow", [
+    ("HEAD", "/", 200, None), ("HEAD", "/api/version", 200, None), ("HEAD", "/api/tags", 200, None),
+    ("HEAD", "/api/ps", 405, "GET"), ("HEAD", "/api/show", 405, "POST"), ("HEAD", "/v1/models", 405, "GET"),
+    ("GET", "/api/generate", 405, "POST"), ("POST", "/api/tags", 405, "HEAD, GET"), ("PUT", "/", 405, "HEAD, GET"),
+    ("GET", "/api/blobs/sha256:x", 405, "HEAD, POST"), ("GET", "/api/user/keys/k", 405, "DELETE"),
+    ("GET", "/api/nothing", 404, None), ("HEAD", "/api/nothing", 404, None), ("GET", "/v1/models/a/b", 404, None),
+])
+def test_methods_and_paths(double, method, path, status, allow):
+    got = exchange(double, method, path)
+    assert got.status == status and got.headers.get("allow") == allow
+    if method == "HEAD":
+        assert got.body == b""
+    elif status == 405:
+        assert (got.body, got.headers["content-type"]) == (b"405 method not allowed", "text/plain")
+    assert double.requests[-1]["method"] == method and double.requests[-1]["path"] == path
+
+
+def test_trailing_slash_redirects(double):
+    get = exchange(double, "GET", "/api/tags/?x=1")
+    assert (get.status, get.headers["location"]) == (301, "/api/tags?x=1")
+    assert get.body == b'<a href="/api/tags?x=1">Moved Permanently</a>.\n\n'
+    posted = exchange(double, "POST", "/api/chat/", {"model": "llama3.2"})
+    assert (posted.status, posted.headers["location"], posted.body) == (307, "/api/chat", b"")
+    assert exchange(double, "GET", "/v1/models/").headers["location"] == "/v1/models"
+
+
+def test_host_and_origin_checks(double):
+    evil = exchange(double, "GET", "/api/tags", headers={"Host": "evil.example"})
+    assert (evil.status, evil.body) == (403, b"")
+    assert exchange(double, "GET", "/api/tags", headers={"Host": "ollama.internal:11434"}).status == 200
+    assert exchange(double, "GET", "/api/tags", headers={"Host": "10.1.2.3"}).status == 200
+    options = exchange(double, "OPTIONS", "/api/chat", headers={"Host": "localhost:11434"})
+    assert options.status == 204
+    assert exchange(double, "OPTIONS", "/api/chat").status == 405  # an IP host goes on to the router
+    allowed = exchange(double, "GET", "/api/version", headers={"Origin": "http://localhost:5173"})
+    assert allowed.status == 200 and allowed.headers["access-control-allow-origin"] == "http://localhost:5173"
+    preflight = exchange(double, "OPTIONS", "/api/chat", headers={"Origin": "app://ollama"})
+    assert preflight.status == 204 and "POST" in preflight.headers["access-control-allow-methods"]
+    assert exchange(double, "GET", "/api/version", headers={"Origin": "https://evil.example"}).status == 403
+    assert len(double.requests) == 8  # refused or not, every request was seen
+
+
+# -- current fields ---------------------------------------------------------------------------------------------
+
+
+def test_logprobs_on_chunks_and_whole_answers(double):
+    body = {"model": "qwen3", "messages": [{"role": "user", "content": "hi"}], "logprobs": True, "top_logprobs": 3}
+    got = exchange(double, "POST", "/api/chat", body)
+    lines = got.lines()
+    for line in lines[:-1]:
+        (entry,) = line["logprobs"]
+        piece = line["message"]["content"] or line["message"]["thinking"]
+        assert entry["token"] == piece and entry["bytes"] == list(piece.encode())
+        assert entry["logprob"] < 0 and len(entry["top_logprobs"]) == 3 and entry["top_logprobs"][0]["token"] == piece
+    assert "logprobs" not in lines[-1]
+    # Go's field order: chat puts logprobs after done, generate after the metrics.
+    assert b'"done":false,"logprobs":[{"token":' in got.body
+    final = got.body.split(b"\n")[-2]
+    assert re.search(rb'"done":true,"done_reason":"stop","total_duration":\d+,"load_duration":\d+,'
+                     rb'"prompt_eval_count":\d+,"prompt_eval_duration":\d+,"eval_count":\d+,"eval_duration":\d+\}$',
+                     final)
+    whole = post(double, "/api/generate", {"model": "llama3.2", "prompt": "a b", "logprobs": True,
+                                           "stream": False})
+    assert [e["token"] for e in whole.json()["logprobs"]] == ["You", " said:", " a", " b"]
+    assert all("top_logprobs" not in e for e in whole.json()["logprobs"])
+    assert re.search(rb'"eval_duration":\d+,"logprobs":\[', whole.content)
+    plain = post(double, "/api/generate", {**HELLO, "stream": False, "top_logprobs": 5}).json()
+    assert "logprobs" not in plain  # top_logprobs alone asks for nothing
+
+
+def test_tool_results_carry_the_call_id(double):
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    ask = [{"role": "user", "content": "weather in Tokyo?"}]
+    first = post(double, "/api/chat", {"model": "llama3.2", "messages": ask, "tools": tools, "stream": False}).json()
+    (call,) = first["message"]["tool_calls"]
+    follow = ask + [first["message"], {"role": "tool", "content": "sunny, 21 C", "tool_name": "get_weather",
+                                       "tool_call_id": call["id"]}]
+    answer = post(double, "/api/chat", {"model": "llama3.2", "messages": follow, "tools": tools,
+                                        "stream": False}).json()
+    assert answer["message"]["content"] == "The tool said: sunny, 21 C" and "tool_calls" not in answer["message"]
+    assert double.requests[-1]["body"]["messages"][-1]["tool_call_id"] == call["id"]
+    v1 = post(double, "/v1/chat/completions", {"model": "llama3.2", "messages": ask, "tools": tools}).json()
+    (v1_call,) = v1["choices"][0]["message"]["tool_calls"]
+    assert v1_call["id"] == call["id"] and v1_call["function"]["arguments"] == '{"city":"Tokyo"}'
+    assert v1["choices"][0]["finish_reason"] == "tool_calls"
+
+
+# -- the OpenAI layer as current Ollama shapes it ----------------------------------------------------------------
+
+
+def sse_chunks(raw: bytes) -> list:
+    events = [e for e in raw.split(b"\n\n") if e]
+    assert all(e.startswith(b"data: ") for e in events)
+    return [e[6:] for e in events]
+
+
+def test_v1_stream_shape(double):
+    body = {"model": "qwen3", "messages": [{"role": "user", "content": "hi"}], "stream": True,
+            "stream_options": {"include_usage": True}}
+    events = sse_chunks(post(double, "/v1/chat/completions", body).content)
+    assert events[-1] == b"[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    deltas = [c["choices"][0]["delta"] for c in chunks[:-2]]
+    assert deltas[0]["role"] == "assistant" and all("role" not in d for d in deltas[1:])
+    thinking = [d for d in deltas if "reasoning" in d]
+    assert "".join(d["reasoning"] for d in thinking) == "Okay, the user wants an echo."
+    assert all(d["content"] == "" for d in thinking)
+    assert "".join(d["content"] for d in deltas) == "You said: hi"
+    assert chunks[-2]["choices"] == [{"index": 0, "delta": {}, "finish_reason": "stop"}]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == {"prompt_tokens": 12, "completion_tokens": 10,
+                                                                   "total_tokens": 22}
+    assert len({c["created"] for c in chunks}) == 1 and len({c["id"] for c in chunks}) == 1
+    assert list(chunks[0]) == ["id", "object", "created", "model", "system_fingerprint", "choices"]
+    tools = [{"type": "function", "function": {"name": "get_weather"}}]
+    called = [json.loads(e) for e in sse_chunks(post(double, "/v1/chat/completions", {
+        "model": "llama3.2", "messages": [{"role": "user", "content": "weather?"}], "tools": tools,
+        "stream": True}).content)[:-1]]
+    assert called[0]["choices"][0]["delta"]["tool_calls"][0]["function"]["name"] == "get_weather"
+    assert called[-1]["choices"][0] == {"index": 0, "delta": {}, "finish_reason": "tool_calls"}
+
+
+def test_v1_completions_stream_shape(double):
+    body = {"model": "qwen3", "prompt": "hi", "stream": True, "stream_options": {"include_usage": True}}
+    chunks = [json.loads(e) for e in sse_chunks(post(double, "/v1/completions", body).content)[:-1]]
+    assert list(chunks[0]) == ["id", "object", "created", "choices", "model", "system_fingerprint", "usage"]
+    texts = [c["choices"][0]["text"] for c in chunks[:-1]]
+    assert texts[:7] == [""] * 7 and "".join(texts) == "You said: hi"  # thinking lines arrive as empty text
+    assert all(c["usage"] == {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0} for c in chunks[:-1])
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 10
+
+
+def test_v1_error_flavours(double):
+    msgs = [{"role": "user", "content": "x"}]
+    empty = post(double, "/v1/chat/completions", {"model": "llama3.2", "messages": []})
+    assert empty.headers["Content-Type"] == "application/json; charset=utf-8" and not empty.content.endswith(b"\n")
+    assert empty.json()["error"]["message"] == "[] is too short - 'messages'"
+    think = post(double, "/v1/chat/completions", {"model": "llama3.2", "messages": msgs, "reasoning_effort": "high"})
+    assert think.headers["Content-Type"] == "application/json" and think.content.endswith(b"}\n")
+    assert think.json()["error"] == {"message": '"llama3.2" does not support thinking',
+                                     "type": "invalid_request_error", "param": None, "code": None}
+    effort = post(double, "/v1/chat/completions", {"model": "qwen3", "messages": msgs, "reasoning_effort": "huge"})
+    assert effort.json()["error"]["message"].startswith('invalid reasoning value: "huge"')
+    quiet = post(double, "/v1/chat/completions", {"model": "qwen3", "messages": msgs, "reasoning_effort": "none"})
+    assert "reasoning" not in quiet.json()["choices"][0]["message"]
+    prompt = post(double, "/v1/completions", {"model": "llama3.2", "prompt": ["a"]})
+    assert prompt.json()["error"]["message"] == ("json: cannot unmarshal array into Go struct field "
+                                                 "CompletionRequest.prompt of type string")
+    missing = post(double, "/v1/embeddings", {"model": "ghost", "input": "x"})
+    assert missing.json()["error"]["message"] == 'model "ghost" not found, try pulling it first'
+    limited = post(double, "/v1/chat/completions", {"model": "llama3.2", "messages": msgs, "max_tokens": 1}).json()
+    assert limited["choices"][0]["finish_reason"] == "length"
+
+
+def test_v1_mid_stream_error_becomes_an_empty_chunk(double):
+    double.script(fault="error_line", fault_after=2)
+    body = {"model": "llama3.2", "messages": [{"role": "user", "content": "a b c"}], "stream": True}
+    events = sse_chunks(post(double, "/v1/chat/completions", body).content)
+    assert len(events) == 3 and b"[DONE]" not in events  # the error line unmarshals to an empty response
+    assert json.loads(events[-1])["choices"] == [{"index": 0, "delta": {"content": ""}, "finish_reason": None}]
+    assert json.loads(events[-1])["model"] == ""
+    double.script(fault="error_line", fault_after=0)
+    early = post(double, "/v1/chat/completions", body)
+    assert early.status_code == 500 and early.json()["error"]["type"] == "api_error"
+    native = post(double, "/api/generate", HELLO)
+    assert (native.status_code, native.headers["Content-Type"]) == (500, "application/json")
+
+
+def test_v1_embeddings_base64_and_models(double):
+    floats = post(double, "/v1/embeddings", {"model": "all-minilm", "input": "hi"}).json()["data"][0]["embedding"]
+    packed = post(double, "/v1/embeddings", {"model": "all-minilm", "input": "hi", "encoding_format": "base64"})
+    decoded = struct.unpack("<8f", base64.b64decode(packed.json()["data"][0]["embedding"]))
+    assert [struct.pack("<f", x) for x in decoded] == [struct.pack("<f", x) for x in floats]
+    bad = post(double, "/v1/embeddings", {"model": "all-minilm", "input": "hi", "encoding_format": "int8"})
+    assert bad.json()["error"]["message"] == ("Invalid value for 'encoding_format' = int8. Supported values: "
+                                              "['float', 'base64'].")
+    assert post(double, "/v1/embeddings", {"model": "all-minilm", "input": []}).json()["error"]["message"] == \
+        "invalid input"
+    one = requests.get(double.url + "/v1/models/llama3.2", timeout=5).json()
+    assert one == {"id": "llama3.2", "object": "model", "created": one["created"], "owned_by": "library"}
+    gone = requests.get(double.url + "/v1/models/ghost", timeout=5)
+    assert gone.json()["error"]["message"] == "model 'ghost:latest' not found"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import ipaddress
+import json
 import socket
 import socketserver
 import sys
@@ -15,29 +17,46 @@ from .openai_layer import OpenAIRoutes
 from .transport import ApiError, Transport
 from .wire import DEFAULT_MODELS, dumps, make_model
 
-SCRIPT_DEFAULTS = {"tokens": None, "thinking": None, "first_delay": 0.0, "delay": 0.0, "fault": None, "fault_after": 2}
+SCRIPT_DEFAULTS = {"tokens": None, "thinking": None, "first_delay": 0.0, "delay": 0.0, "fault": None, "fault_after": 2,
+                   "framing": "odd", "big_line_bytes": 0, "verbose_show_bytes": 0}
 FAULTS = (None, "status_500", "busy", "bad_request", "drop", "malformed", "error_line", "hang", "slow_version")
+FRAMINGS = ("odd", "go")
 
 
 class Handler(NativeRoutes, OpenAIRoutes, Transport):
-    """The request handler: routes plus the control endpoints other processes use."""
+    """The request handler: Ollama's routes (as registered in server/routes.go) plus the control endpoints."""
 
     routes = {
-        "/": {"GET": "api_root"}, "/api/version": {"GET": "api_version"}, "/api/tags": {"GET": "api_tags"},
-        "/api/ps": {"GET": "api_ps"}, "/api/show": {"POST": "api_show"}, "/api/generate": {"POST": "api_generate"},
-        "/api/chat": {"POST": "api_chat"}, "/api/embed": {"POST": "api_embed"},
-        "/api/embeddings": {"POST": "api_embeddings"}, "/api/pull": {"POST": "api_pull"},
-        "/api/delete": {"DELETE": "api_delete"},
-        "/v1/models": {"GET": "v1_models"}, "/v1/models/{model}": {"GET": "v1_model"},
+        "/": {"HEAD": "api_root", "GET": "api_root"},
+        "/api/version": {"HEAD": "api_version", "GET": "api_version"},
+        "/api/status": {"GET": "api_status"},
+        "/api/pull": {"POST": "api_pull"}, "/api/push": {"POST": "api_push"},
+        "/api/tags": {"HEAD": "api_tags", "GET": "api_tags"},
+        "/api/show": {"POST": "api_show"}, "/api/delete": {"DELETE": "api_delete"},
+        "/api/me": {"POST": "api_me"}, "/api/signout": {"POST": "api_signout"},
+        "/api/user/keys/:encodedKey": {"DELETE": "api_signout"},
+        "/api/create": {"POST": "api_create"},
+        "/api/blobs/:digest": {"POST": "api_blob_post", "HEAD": "api_blob_head"},
+        "/api/copy": {"POST": "api_copy"},
+        "/api/experimental/web_search": {"POST": "api_web"}, "/api/experimental/web_fetch": {"POST": "api_web"},
+        "/api/experimental/model-recommendations": {"GET": "api_recommendations"},
+        "/api/ps": {"GET": "api_ps"}, "/api/generate": {"POST": "api_generate"}, "/api/chat": {"POST": "api_chat"},
+        "/api/embed": {"POST": "api_embed"}, "/api/embeddings": {"POST": "api_embeddings"},
         "/v1/chat/completions": {"POST": "v1_chat"}, "/v1/completions": {"POST": "v1_completions"},
-        "/v1/embeddings": {"POST": "v1_embeddings"},
+        "/v1/embeddings": {"POST": "v1_embeddings"}, "/v1/models": {"GET": "v1_models"},
+        "/v1/models/:model": {"GET": "v1_model"},
+    }
+    control_routes = {
         "/_double/script": {"POST": "ctl_script"}, "/_double/reset": {"POST": "ctl_reset"},
         "/_double/streams": {"GET": "ctl_streams"}, "/_double/requests": {"GET": "ctl_requests"},
     }
 
     def ctl_script(self):
         try:
-            self.double.script(**self.json_body())
+            body = json.loads(self.raw or b"{}")
+            if not isinstance(body, dict):
+                raise TypeError("the script must be a JSON object")
+            self.double.script(**body)
         except (TypeError, ValueError) as err:
             raise ApiError(400, str(err)) from None
         self.send_json({"script": self.double._snapshot()})
@@ -62,6 +81,10 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, address, double, verbose=False):
         self.double, self.verbose = double, verbose
+        try:
+            self.loopback = ipaddress.ip_address(address[0]).is_loopback  # Ollama checks Host only then
+        except ValueError:
+            self.loopback = address[0] == "localhost"
         self.active, self.active_lock = {}, threading.Lock()
         super().__init__(address, Handler)
 
@@ -114,6 +137,7 @@ class OllamaDouble:
         self.host, self.port, self.verbose = host, port, verbose
         self.url = None
         self.requests, self.streams = [], []
+        self.blobs = {}  # "sha256-<hex>" -> size, for /api/blobs and /api/create
         self._lock = threading.Condition()
         self._script = dict(SCRIPT_DEFAULTS)
         self._epoch = threading.Event()
@@ -150,9 +174,27 @@ class OllamaDouble:
         self.stop()
 
     def script(self, **kw):
-        """Set how the next generate/chat requests behave until reset(); replaces any earlier script.
+        """Set how the next requests behave until reset(); replaces any earlier script.
 
-        Keys: tokens, thinking (lists of str), first_delay, delay (seconds), fault (see FAULTS), fault_after (int).
+        Keys:
+          tokens, thinking   lists of str: the answer (and thinking) of every generate/chat request
+                             (default: "You said: <prompt>", and a short thought on thinking models).
+          first_delay        seconds before anything (status line included) is sent, like a model load.
+          delay              seconds between streamed lines (0: all lines are ready at once).
+          fault, fault_after one of FAULTS; the mid-stream ones strike at line `fault_after`. error_line at
+                             line 0 is a real 500 (nothing was written yet), as current Ollama answers.
+          framing            "odd" (default): chunk boundaries as a proxy or TCP may shuffle them; lines
+                             ready together may share a chunk, lines over 1 KiB and some short ones are cut
+                             into pieces sent back to back (deterministic; a line's second half is never
+                             delayed); non-streamed bodies over 2 KiB come in several chunks.
+                             "go": exactly one chunk per flush, as Ollama writes (one NDJSON line; for /v1,
+                             the SSE events produced by one native line, cut where net/http's 2 KiB buffer
+                             fills) and one chunk per chunked body.
+          big_line_bytes     N > 0: the first line that carries text (or thinking) is padded with plain ASCII
+                             text to exactly N bytes (the SSE event, for /v1), and a stream:false answer to
+                             N bytes; in "odd" framing such a line goes out in pieces of 4 KiB.
+          verbose_show_bytes N > 0: /api/show with "verbose": true grows its model_info vocabulary until the
+                             body is about N bytes (without it a verbose answer is ~40 KB, a plain one ~20 KB).
         """
         unknown = sorted(set(kw) - set(SCRIPT_DEFAULTS))
         if unknown:
@@ -160,13 +202,15 @@ class OllamaDouble:
         new = {**SCRIPT_DEFAULTS, **kw}
         if new["fault"] not in FAULTS:
             raise ValueError(f"unknown fault {new['fault']!r}; expected one of {FAULTS}")
+        if new["framing"] not in FRAMINGS:
+            raise ValueError(f"unknown framing {new['framing']!r}; expected one of {FRAMINGS}")
         for key in ("tokens", "thinking"):
             if new[key] is not None:
                 if isinstance(new[key], str) or not all(isinstance(t, str) for t in new[key]):
                     raise ValueError(f"{key} must be a list of strings")
                 new[key] = list(new[key])
-        for key in ("first_delay", "delay", "fault_after"):
-            new[key] = (int if key == "fault_after" else float)(new[key])
+        for key in ("first_delay", "delay", "fault_after", "big_line_bytes", "verbose_show_bytes"):
+            new[key] = (float if key in ("first_delay", "delay") else int)(new[key])
             if new[key] < 0:
                 raise ValueError(f"{key} must not be negative")
         with self._lock:
@@ -178,6 +222,7 @@ class OllamaDouble:
             self._script = dict(SCRIPT_DEFAULTS)
             self.requests.clear()
             self.streams.clear()
+            self.blobs.clear()
             self.models[:] = copy.deepcopy(self._catalogue)
             old, self._epoch = self._epoch, threading.Event()
         old.set()
@@ -201,11 +246,15 @@ class OllamaDouble:
                                   "time": time.monotonic()})
 
     def _open_stream(self, path, model) -> dict:
-        rec = {"path": path, "model": model, "lines_sent": 0, "started": time.monotonic(), "closed_at": None,
-               "client_gone": False, "completed": False}
+        rec = {"path": path, "model": model, "lines_sent": 0, "chunks_sent": 0, "started": time.monotonic(),
+               "closed_at": None, "client_gone": False, "completed": False}
         with self._lock:
             self.streams.append(rec)
         return rec
+
+    @staticmethod
+    def _blob_key(digest: str) -> str:
+        return digest.replace(":", "-", 1)
 
     def _close_stream(self, rec, completed=False, gone=False):
         with self._lock:
