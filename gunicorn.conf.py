@@ -50,8 +50,9 @@ graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", 120))
 # Longer than nginx's upstream keepalive_timeout (60 s), so nginx closes idle connections first
 # and never reuses one we are closing.
 keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", 75))
-# Trust X-Forwarded-* only from the proxy in front of us (nginx on the same host by default).
-forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+# Trust X-Forwarded-* only from the proxy in front of us (nginx on the same host by default); the
+# app reads the same setting to tell the client's address behind it.
+forwarded_allow_ips = ",".join(_config.forwarded_allow_ips)
 # Nothing is preloaded in the master, so each worker imports the app after gevent patched it.
 preload_app = False
 
@@ -95,8 +96,9 @@ def on_exit(server):
 
 
 def on_starting(server):
-    """Warn once, in the master, when limits would be counted per worker."""
-    if _config.rate_limit_storage.startswith("memory://") and server.cfg.workers > 1:
+    """Warn once, in the master, when configured limits would be counted per worker."""
+    limited = _config.rate_limit_per_minute or _config.streams_per_key or _config.api_keys_file
+    if limited and _config.rate_limit_storage.startswith("memory://") and server.cfg.workers > 1:
         logging.getLogger("gunicorn.error").warning(
             "RATE_LIMIT_STORAGE=memory:// with %d workers: each worker counts limits on its own, so a key can "
             "make up to %d times its limit; set RATE_LIMIT_STORAGE=redis://... to share them", server.cfg.workers,

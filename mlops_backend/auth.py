@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from flask import g, request
 
+from . import observe
 from .errors import ApiError
 from .keys import ApiKey
+from .json_body import field, unambiguous
+from .model_names import is_cloud
 
 SCHEME = "ApiKey"
 CHALLENGE = f'{SCHEME} header="X-API-Key", Bearer realm="mlops-backend"'
-#: Who a request is when AUTH_ENABLED=false: one caller with every scope and the default limits.
-ANONYMOUS = ApiKey("anonymous")
+#: Who a CORS preflight is: Flask answers it itself, so it never reaches Ollama.
+PREFLIGHT = ApiKey("anonymous")
 _UNSET = object()
+#: Tool types a signed-in Ollama runs on ollama.com (OpenAI Responses' web_search, Anthropic's
+#: web_search_20250305, and their fetch twins).
+CLOUD_TOOLS = ("web_search", "web_fetch")
 
 
 def presented_key() -> str | None:
@@ -30,7 +36,7 @@ def identify(gateway) -> ApiKey | None:
     key = g.get("api_key", _UNSET)
     if key is _UNSET:
         if not gateway.config.auth_enabled:
-            key = ANONYMOUS
+            key = ApiKey("anonymous", gateway.config.api_key_scopes)
         else:
             token = presented_key()
             key = gateway.keys.identify(token) if token else None
@@ -41,7 +47,7 @@ def identify(gateway) -> ApiKey | None:
 def authenticate(gateway) -> ApiKey:
     """Return the request's key or refuse with 401 (CORS preflights pass as anonymous)."""
     if request.method == "OPTIONS":
-        return ANONYMOUS
+        return PREFLIGHT
     key = identify(gateway)
     if key is None:
         detail = "Send the API key in X-API-Key or Authorization: Bearer" if presented_key() is None \
@@ -57,6 +63,31 @@ def require_scope(key: ApiKey, scope: str) -> None:
 
 
 def require_model(key: ApiKey, model: str) -> None:
-    """Refuse with 403 when the key has a model allow-list without `model` on it."""
+    """Refuse with 403 a cloud model without the cloud scope, or a model outside the key's allow-list."""
+    if is_cloud(model) and not key.has_scope("cloud"):
+        raise ApiError(403, "Forbidden", f"The key {key.name!r} lacks the 'cloud' scope: {model!r} would run on "
+                       "ollama.com, on the operator's account", slug="forbidden")
     if not key.allows_model(model):
         raise ApiError(403, "Forbidden", f"The key {key.name!r} may not use the model {model!r}", slug="forbidden")
+
+
+def permit_model(key: ApiKey, model: str) -> None:
+    """Check the key may use `model`; note it for the log line, and for usage once it passed."""
+    observation = observe.current()
+    observation.model = observation.model or model
+    require_model(key, model)
+    observation.model_allowed = True
+
+
+def require_cloud_tools(key: ApiKey, tools) -> None:
+    """Refuse with 403 web-search or web-fetch tools (run by ollama.com) without the cloud scope."""
+    if key.has_scope("cloud") or not isinstance(tools, list):
+        return
+    for index, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            continue
+        unambiguous(tool, f"tools[{index}].")
+        kind = field(tool, "type")
+        if isinstance(kind, str) and kind.strip().lower().startswith(CLOUD_TOOLS):
+            raise ApiError(403, "Forbidden", f"The key {key.name!r} lacks the 'cloud' scope: the {kind.strip()!r} "
+                           "tool runs on ollama.com, on the operator's account", slug="forbidden")

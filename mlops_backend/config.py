@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from urllib.parse import urlsplit, urlunsplit
@@ -84,9 +85,39 @@ def _choice(*choices):
 
 def _storage_uri(name, raw):
     value = raw.strip()
-    if urlsplit(value).scheme not in ("memory", "redis", "rediss", "redis+unix", "redis+sentinel", "redis+cluster"):
-        raise ConfigError(f"{name}={raw!r} is not memory:// or a redis:// URL")
+    if urlsplit(value).scheme not in ("memory", "redis", "rediss", "redis+unix"):
+        raise ConfigError(f"{name}={raw!r} is not memory://, redis://, rediss:// or redis+unix://")
     return value
+
+
+def _scopes(name, raw):
+    from .keys import SCOPES, ScopeError, check_scopes
+
+    scopes = [item.strip() for item in raw.split(",") if item.strip()]
+    try:
+        return check_scopes(scopes)
+    except ScopeError as error:
+        raise ConfigError(f"{name}={raw!r}: {error} (known scopes: {', '.join(SCOPES)})") from None
+
+
+def _addresses(name, raw):
+    items = tuple(item.strip() for item in raw.split(",") if item.strip())
+    for item in items:
+        if item != "*":
+            try:
+                ipaddress.ip_address(item)
+            except ValueError:
+                raise ConfigError(f"{name} entry {item!r} is not an IP address (or *)") from None
+    return items
+
+
+def _routes(name, raw):
+    from .route_policy import RouteError, parse_open_routes
+
+    try:
+        return parse_open_routes(raw)
+    except RouteError as error:
+        raise ConfigError(f"{name}: {error}") from None
 
 
 def _database_url(name, raw):
@@ -106,6 +137,9 @@ class Config:
 
     ollama_base_url: str = _setting("OLLAMA_BASE_URL", "http://localhost:11434", _url, "Ollama server the gateway relays to")
     api_key: str = _setting("API_KEY", "", _text, "Shared key clients send in X-API-Key or Authorization: Bearer")
+    api_key_scopes: frozenset = _setting(
+        "API_KEY_SCOPES", "use,admin", _scopes, "Scopes of the shared API_KEY (and of everyone when AUTH_ENABLED=false)"
+    )
     auth_enabled: bool = _setting("AUTH_ENABLED", "true", _boolean, "Require the key on every route but health and docs")
     host: str = _setting("HOST", "0.0.0.0", _text, "Address gunicorn binds")
     port: int = _setting("PORT", "8000", _number(int, 1, 65535), "Port gunicorn binds")
@@ -165,10 +199,23 @@ class Config:
         "API_KEYS_FILE", "", _text, "JSON or TOML file of named keys (hashes, scopes, limits); managed with `flask keys`"
     )
     rate_limit_per_minute: int = _setting(
-        "RATE_LIMIT_PER_MINUTE", "600", _number(int, 0), "Requests per minute per key unless the key sets its own (0: no limit)"
+        "RATE_LIMIT_PER_MINUTE", "0", _number(int, 0), "Requests per minute per key unless the key sets its own (0: no limit)"
     )
     streams_per_key: int = _setting(
-        "STREAMS_PER_KEY", "10", _number(int, 0), "Concurrent streams per key unless the key sets its own (0: no limit)"
+        "STREAMS_PER_KEY", "0", _number(int, 0),
+        "Generations in flight per key, streamed or not, unless the key sets its own (0: no limit)",
+    )
+    slot_lease_seconds: float = _setting(
+        "SLOT_LEASE_SECONDS", "30", _number(float, 1),
+        "With Redis: a worker that dies holding generation slots frees them after at most this long",
+    )
+    auth_failures_per_minute: int = _setting(
+        "AUTH_FAILURES_PER_MINUTE", "60", _number(int, 0),
+        "Requests with a missing or wrong key per client address per minute, then 429 (0: no limit)",
+    )
+    forwarded_allow_ips: tuple = _setting(
+        "FORWARDED_ALLOW_IPS", "127.0.0.1,::1", _addresses,
+        "Proxies trusted for X-Forwarded-For (the client address of limits) and X-Forwarded-Proto, * for any",
     )
     rate_limit_storage: str = _setting(
         "RATE_LIMIT_STORAGE", "memory://", _storage_uri,
@@ -182,6 +229,14 @@ class Config:
     )
     metrics_public: bool = _setting(
         "METRICS_PUBLIC", "false", _boolean, "Serve /metrics without a key (otherwise an admin key is required)"
+    )
+    open_upstream_routes: tuple = _setting(
+        "OPEN_UPSTREAM_ROUTES", "", _routes,
+        "More Ollama or /v1 routes to relay, as `METHOD /path=scope` items (see README); all others answer 403",
+    )
+    max_upstream_line_bytes: int = _setting(
+        "MAX_UPSTREAM_LINE_BYTES", str(16 * 1024 * 1024), _number(int, 1024),
+        "Longest NDJSON line (or whole JSON answer) accepted from Ollama; a longer one ends the answer with 502",
     )
     log_format: str = _setting("LOG_FORMAT", "text", _choice("text", "json"), "text or json (one JSON object per line)")
     log_prompts: bool = _setting(
@@ -208,6 +263,7 @@ class Config:
             parsed[field.name] = None if raw == "" and meta["parse"] is not _text else meta["parse"](meta["env"], raw)
         parsed["ollama_first_byte_timeout"] = parsed["ollama_first_byte_timeout"] or parsed["ollama_timeout"]
         parsed["ollama_chunk_timeout"] = parsed["ollama_chunk_timeout"] or parsed["ollama_timeout"]
+        parsed["open_upstream_routes"] = parsed["open_upstream_routes"] or ()
         parsed["stream_status_wait"] = min(parsed["stream_status_wait"], parsed["sse_heartbeat_seconds"])
         config = cls(**parsed)
         config.check_security()

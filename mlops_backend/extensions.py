@@ -36,7 +36,7 @@ class Gateway:
         schemas = {name: request_schema(schema, config)
                    for name, schema in (("generate", GenerateRequest), ("chat", ChatRequest), ("embed", EmbedRequest),
                                         ("pull", PullRequest))}
-        gateway = cls(config, OllamaClient.from_config(config), schemas, KeyRing(config.api_key, config.api_keys_file),
+        gateway = cls(config, OllamaClient.from_config(config), schemas, KeyRing(config.api_key, config.api_keys_file, config.api_key_scopes),
                       UsageStore(config.database_url, config.usage_flush_seconds))
         gateway.limits = RateLimits(gateway)
         return gateway
@@ -45,6 +45,7 @@ class Gateway:
         """Release the Ollama connections and write pending usage (tests build many apps)."""
         self.ollama.close()
         self.usage.close()
+        self.limits.close()
 
 
 def current_gateway() -> Gateway:

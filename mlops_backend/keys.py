@@ -22,9 +22,13 @@ import tomllib
 
 import tomli_w
 
+from .model_names import canonical
+
 log = logging.getLogger(__name__)
 
-SCOPES = ("use", "admin")
+#: use: the LLM routes; admin: also model management, usage and metrics; cloud: models and tools that
+#: a signed-in Ollama runs on ollama.com (on the operator's account), added to use or admin.
+SCOPES = ("use", "admin", "cloud")
 TOKEN_PREFIX = "mlk_"
 SHARED_KEY_NAME = "default"
 #: Names the gateway gives callers itself: the shared API_KEY, and everyone when auth is off.
@@ -37,6 +41,23 @@ class KeyFileError(ValueError):
     """The keys file cannot be used; the message names the file and the entry."""
 
 
+class ScopeError(ValueError):
+    """A list of scopes the gateway cannot grant."""
+
+
+def check_scopes(scopes) -> frozenset:
+    """Return the scopes as a set, or raise ScopeError: known names, and cloud only beside use or admin."""
+    scopes = list(scopes)
+    if not scopes:
+        raise ScopeError("no scope given")
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown:
+        raise ScopeError(f"unknown scopes {unknown}")
+    if set(scopes) == {"cloud"}:
+        raise ScopeError("cloud adds to use or admin; give one of them too")
+    return frozenset(scopes)
+
+
 @dataclasses.dataclass(frozen=True)
 class ApiKey:
     """Who a request is: a key's name, what it may do, and its own limits (None: the defaults)."""
@@ -46,18 +67,20 @@ class ApiKey:
     models: tuple | None = None
     requests_per_minute: int | None = None
     concurrent_streams: int | None = None
+    allowed: frozenset | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        # The allow-list in canonical form, so every spelling Ollama reads as one model matches alike.
+        if self.models is not None:
+            object.__setattr__(self, "allowed", frozenset(canonical(model) for model in self.models))
 
     def has_scope(self, scope: str) -> bool:
-        """admin includes use."""
-        return scope in self.scopes or "admin" in self.scopes
+        """admin includes use; cloud is only ever given explicitly."""
+        return scope in self.scopes or (scope == "use" and "admin" in self.scopes)
 
     def allows_model(self, model: str) -> bool:
-        """True when the key has no allow-list, or the model (with or without its tag) is on it."""
-        if self.models is None:
-            return True
-        return model in self.models or (":" not in model and f"{model}:latest" in self.models) or (
-            model.endswith(":latest") and model[: -len(":latest")] in self.models)
-
+        """True when the key has no allow-list, or the model (in any spelling Ollama reads alike) is on it."""
+        return self.allowed is None or canonical(model) in self.allowed
 
     def visible(self, models: list, field: str = "name") -> list:
         """The entries of a model list (Ollama's or OpenAI's) this key may use."""
@@ -129,8 +152,12 @@ def parse_entry(entry, where: str) -> ApiKey:
         raise KeyFileError(f"{where}: the name {name!r} is reserved (the shared API_KEY or AUTH_ENABLED=false)")
     if not isinstance(hashed, str) or not _DIGEST.match(hashed):
         raise KeyFileError(f"{where} ({name}): sha256 must be 64 lowercase hex digits")
-    if not isinstance(scopes, list) or not scopes or not set(scopes) <= set(SCOPES):
+    if not isinstance(scopes, list):
         raise KeyFileError(f"{where} ({name}): scopes must be a non-empty list of {', '.join(SCOPES)}")
+    try:
+        check_scopes(scopes)
+    except ScopeError as error:
+        raise KeyFileError(f"{where} ({name}): scopes: {error} (known: {', '.join(SCOPES)})") from None
     models = entry.get("models")
     if models is not None and (not isinstance(models, list) or not all(isinstance(m, str) and m for m in models)):
         raise KeyFileError(f"{where} ({name}): models must be a list of model names")
@@ -146,8 +173,10 @@ def parse_entry(entry, where: str) -> ApiKey:
 
 def make_entry(name: str, token: str, scopes, models=None, requests_per_minute=None, concurrent_streams=None) -> dict:
     """The file entry for a new key: its hash, never the key."""
-    if not scopes or not set(scopes) <= set(SCOPES):
-        raise KeyFileError(f"new key: scopes must be a non-empty list of {', '.join(SCOPES)}")
+    try:
+        check_scopes(scopes)
+    except ScopeError as error:
+        raise KeyFileError(f"new key: scopes: {error}") from None
     entry = {"name": name, "sha256": digest(token), "scopes": sorted(set(scopes), key=SCOPES.index)}
     if models:
         entry["models"] = list(models)
@@ -165,8 +194,9 @@ class KeyRing:
 
     RECHECK_SECONDS = 1.0
 
-    def __init__(self, shared_key: str = "", path: str = ""):
+    def __init__(self, shared_key: str = "", path: str = "", shared_scopes=frozenset({"use", "admin"})):
         self.shared_key = shared_key.encode()
+        self.shared = ApiKey(SHARED_KEY_NAME, frozenset(shared_scopes))
         self.path = path
         self._keys: list[tuple[bytes, ApiKey]] = []
         self._stamp = None
@@ -187,7 +217,7 @@ class KeyRing:
         presented = token.encode()
         found = None
         if self.shared_key and hmac.compare_digest(presented, self.shared_key):
-            found = ApiKey(SHARED_KEY_NAME)
+            found = self.shared
         hashed = digest(token).encode()
         for stored, key in self._keys:
             if hmac.compare_digest(hashed, stored):

@@ -58,11 +58,12 @@ def record(observation) -> None:
         TTFT.labels(route).observe(observation.ttft)
     if observation.chunks:
         TOKENS_RELAYED.labels(route).inc(observation.chunks)
-    if observation.model:
+    model = observation.counted_model
+    if model:
         if observation.tokens_in:
-            TOKENS.labels(observation.model, "prompt").inc(observation.tokens_in)
+            TOKENS.labels(model, "prompt").inc(observation.tokens_in)
         if observation.tokens_out:
-            TOKENS.labels(observation.model, "completion").inc(observation.tokens_out)
+            TOKENS.labels(model, "completion").inc(observation.tokens_out)
     if observation.upstream_error:
         UPSTREAM_ERRORS.labels(observation.upstream_error).inc()
     if observation.limited:

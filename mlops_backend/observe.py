@@ -8,6 +8,7 @@ its final event or the client leaving), so durations and token counts cover the 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from functools import partial
@@ -17,6 +18,8 @@ from flask import g, request
 from werkzeug.wsgi import ClosingIterator
 
 from . import metrics
+from .model_names import canonical
+from .request_context import quoted
 
 access_log = logging.getLogger("mlops_backend.access")
 log = logging.getLogger(__name__)
@@ -39,6 +42,7 @@ class Observation:
     key: str | None = None
     counted: bool = False
     model: str | None = None
+    model_allowed: bool = False
     prompt: object = None
     status: int = 0
     duration: float = 0.0
@@ -60,6 +64,14 @@ class Observation:
         """Take Ollama's token counts from a final answer or a stream's final line."""
         self.tokens_in = result.get("prompt_eval_count", self.tokens_in)
         self.tokens_out = result.get("eval_count", self.tokens_out)
+
+    @property
+    def counted_model(self) -> str:
+        """The model usage and metrics count the request under: its canonical name, or "" for a request
+        that named none, was refused one, or named one Ollama does not have (so no name makes a row)."""
+        if not (self.model and self.model_allowed) or self.status in (400, 403, 404):
+            return ""
+        return canonical(self.model)
 
     def stream_opened(self) -> None:
         metrics.ACTIVE_STREAMS.inc()
@@ -128,7 +140,7 @@ def finish(gateway, observation: Observation) -> None:
     try:
         metrics.record(observation)
         if observation.counted:
-            gateway.usage.add(observation.key, observation.model or "", observation.tokens_in or 0,
+            gateway.usage.add(observation.key, observation.counted_model, observation.tokens_in or 0,
                               observation.tokens_out or 0, observation.failed)
         fields = observation.fields(gateway.config.log_prompts)
         access_log.info(_text_line(fields), extra={"fields": fields})
@@ -137,10 +149,11 @@ def finish(gateway, observation: Observation) -> None:
 
 
 def _text_line(fields: dict) -> str:
-    """The text form of the log line: the request first, then whatever is known."""
-    head = f'{fields["method"]} {fields["path"]} {fields["status"]} {fields["duration_ms"]}ms'
-    rest = " ".join(f"{name}={value}" for name, value in fields.items()
+    """The text form of the log line: the request first, then whatever is known, every value quoted
+    when it could pass for something else (a client's path, model, or X-Forwarded-For)."""
+    head = f'{quoted(fields["method"])} {quoted(fields["path"])} {fields["status"]} {fields["duration_ms"]}ms'
+    rest = " ".join(f"{name}={quoted(value)}" for name, value in fields.items()
                     if value is not None and name not in ("method", "path", "status", "duration_ms", "route",
                                                           "request_id", "prompt"))
-    prompt = f" prompt={fields['prompt']!r}" if "prompt" in fields else ""
+    prompt = f" prompt={json.dumps(fields['prompt'], default=str)}" if "prompt" in fields else ""
     return f"{head} {rest}{prompt}"

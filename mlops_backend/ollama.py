@@ -16,6 +16,7 @@ from requests.adapters import HTTPAdapter
 
 import socket
 
+from .ndjson import DEFAULT_MAX_LINE, LineTooLong
 from .upstream import UpstreamClosed, UpstreamPool, gevent_active
 
 log = logging.getLogger(__name__)
@@ -87,12 +88,14 @@ class OllamaClient:
     """A small client for the Ollama endpoints the gateway relays."""
 
     def __init__(self, base_url: str, *, connect_timeout: float = 5.0, first_byte_timeout: float = 300.0,
-                 chunk_timeout: float = 300.0, request_timeout: float = 900.0, pool_size: int = 256):
+                 chunk_timeout: float = 300.0, request_timeout: float = 900.0, pool_size: int = 256,
+                 max_line_bytes: int = DEFAULT_MAX_LINE):
         self.base_url = base_url.rstrip("/")
         self.connect_timeout = connect_timeout
         self.first_byte_timeout = first_byte_timeout
         self.chunk_timeout = chunk_timeout
         self.request_timeout = request_timeout
+        self.max_line_bytes = max_line_bytes
         self.session = requests.Session()
         # No proxies or .netrc from the environment: the gateway talks to one known server.
         self.session.trust_env = False
@@ -102,14 +105,14 @@ class OllamaClient:
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
-        self.pool = UpstreamPool(self.base_url, connect_timeout, max_idle=pool_size)
+        self.pool = UpstreamPool(self.base_url, connect_timeout, max_idle=pool_size, max_line=max_line_bytes)
 
     @classmethod
     def from_config(cls, config) -> OllamaClient:
         """Build a client from the gateway's Config."""
         return cls(config.ollama_base_url, connect_timeout=config.ollama_connect_timeout,
                    first_byte_timeout=config.ollama_first_byte_timeout, chunk_timeout=config.ollama_chunk_timeout,
-                   request_timeout=config.ollama_request_timeout)
+                   request_timeout=config.ollama_request_timeout, max_line_bytes=config.max_upstream_line_bytes)
 
     def close(self) -> None:
         """Close every pooled connection."""
@@ -143,10 +146,10 @@ class OllamaClient:
     def delete(self, name: str) -> None:
         """Delete an installed model (ModelNotFound if it is not installed)."""
         with deadline(self.request_timeout, "Deleting the model"):
-            response = self._send("DELETE", "/api/delete", json={"model": name},
+            response = self._send("DELETE", "/api/delete", json={"model": name}, stream=True,
                                   timeout=(self.connect_timeout, self.first_byte_timeout))
             with response:
-                _raise_for_status(response.status_code, response.headers, response.content, "/api/delete", name)
+                _raise_for_status(response.status_code, response.headers, self._bounded(response), "/api/delete", name)
 
     def call(self, path: str, payload: dict) -> dict:
         """POST `payload` with stream false and return the JSON answer (the fast path)."""
@@ -165,33 +168,45 @@ class OllamaClient:
 
     def open_raw(self, method: str, path: str, body: bytes) -> OllamaStream:
         """Send a request as the client wrote it (the pass-through routes); read the answer as it comes."""
-        try:
-            exchange = self.pool.request(method, path, body)
-        except socket.timeout:
-            raise OllamaUnreachable(f"No connection to Ollama within {self.connect_timeout:g} s") from None
-        except OSError:
-            raise OllamaUnreachable("Ollama is not reachable") from None
-        return OllamaStream(self, exchange, None)
+        return OllamaStream(self, self._request(method, path, body), None)
 
     def open_stream(self, path: str, payload: dict) -> OllamaStream:
         """Send a call (streamed unless `payload` says otherwise); its answer is read from the result."""
         body = json.dumps({"stream": True, **payload}).encode()
+        return OllamaStream(self, self._request("POST", path, body), payload.get("model"))
+
+    def _request(self, method: str, path: str, body: bytes):
         try:
-            exchange = self.pool.request("POST", path, body)
+            return self.pool.request(method, path, body)
         except socket.timeout:
             raise OllamaUnreachable(f"No connection to Ollama within {self.connect_timeout:g} s") from None
         except OSError:
             raise OllamaUnreachable("Ollama is not reachable") from None
-        return OllamaStream(self, exchange, payload.get("model"))
+        except ValueError:
+            raise OllamaRejected("The path cannot be sent to Ollama as it is") from None
 
     def _json(self, method, path, *, model=None, **kwargs):
-        response = self._send(method, path, **kwargs)
+        response = self._send(method, path, stream=True, **kwargs)
         with response:
-            _raise_for_status(response.status_code, response.headers, response.content, path, model)
+            content = self._bounded(response)
+            _raise_for_status(response.status_code, response.headers, content, path, model)
             try:
-                return response.json()
+                return json.loads(content)
             except ValueError:
                 raise OllamaBadResponse(f"Ollama's answer to {path} is not JSON") from None
+
+    def _bounded(self, response) -> bytes:
+        """The whole body, refused past MAX_UPSTREAM_LINE_BYTES (a JSON answer is one line)."""
+        pieces, size = [], 0
+        try:
+            for piece in response.iter_content(65536):
+                pieces.append(piece)
+                size += len(piece)
+                if size > self.max_line_bytes:
+                    raise OllamaBadResponse(str(LineTooLong(self.max_line_bytes)))
+        except requests.RequestException:
+            raise OllamaBadResponse("The connection to Ollama dropped mid-response") from None
+        return b"".join(pieces)
 
     def _send(self, method, path, **kwargs):
         try:
@@ -250,6 +265,8 @@ class OllamaStream:
             return self._exchange.read_lines(wait, self._client.chunk_timeout)
         except OSError as exc:
             raise _transport_error(exc, self._client.chunk_timeout) from None
+        except LineTooLong as exc:
+            raise OllamaBadResponse(str(exc)) from None
         except ValueError:
             raise OllamaBadResponse("Ollama's stream was not valid HTTP chunked framing") from None
 
@@ -268,6 +285,8 @@ class OllamaStream:
             return self._exchange.read_body(self._client.chunk_timeout)
         except OSError as exc:
             raise _transport_error(exc, self._client.chunk_timeout) from None
+        except LineTooLong as exc:
+            raise OllamaBadResponse(str(exc)) from None
         except ValueError:
             raise OllamaBadResponse("Ollama's answer is not valid HTTP") from None
 

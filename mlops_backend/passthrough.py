@@ -17,6 +17,7 @@ from . import observe
 from .auth import authenticate
 from .client_watch import watch_client
 from .extensions import current_gateway
+from .ndjson import Lines
 from .ollama import deadline
 from .sse import as_ollama_error
 
@@ -82,23 +83,27 @@ OLLAMA = OllamaDialect()
 OPENAI = OpenAIDialect()
 
 
-def relay(method: str, path: str, body: bytes, dialect: Dialect, streaming: bool, keep=None) -> Response:
+def relay(method: str, path: str, body: bytes, dialect: Dialect, *, streaming: bool, slot: bool,
+          keep=None) -> Response:
     """Send the request to Ollama and answer with Ollama's status, type and body.
 
-    `streaming` (the client asked for a stream) takes one of the key's stream slots. `keep`, if
-    given, filters a whole JSON answer (a key's model allow-list on model lists).
+    Whether the answer is read whole or passed on as it arrives is the route's (and the body's
+    `stream`) decision, never the framing's: Go answers bodies over 2 KiB chunked, so a model
+    list is as likely to come chunked as a stream is. `slot` takes one of the key's slots for
+    generations in flight (generations and streams). `keep`, if given, filters a whole JSON
+    answer (a key's model allow-list on model lists).
     """
     gateway = current_gateway()
     observation = observe.current()
-    if streaming:
-        observation.on_finish.append(gateway.limits.acquire_stream(authenticate(gateway)))
+    if slot:
+        observation.on_finish.append(gateway.limits.acquire_slot(authenticate(gateway)))
     stream = gateway.ollama.open_raw(method, path, body)
 
     def answer():
-        """Wait for Ollama's head; read a whole (not chunked) answer at once, or return None for a stream."""
+        """Wait for Ollama's head; read a whole answer (and any failure) at once, or return None for a stream."""
         while not stream.wait_head(1.0, raw=True):
             pass
-        if "chunked" in stream.headers.get("transfer-encoding", "").lower():
+        if streaming and stream.status < 400:
             return None
         with deadline(gateway.config.ollama_request_timeout, "The call to Ollama"):
             return stream.body()
@@ -108,7 +113,8 @@ def relay(method: str, path: str, body: bytes, dialect: Dialect, streaming: bool
         watch.stop()
         return _whole(stream, data, dialect, observation, keep)
     observation.stream_opened()
-    return Response(stream_with_context(_passing(stream, watch, dialect, observation)), status=stream.status,
+    lines = Lines(gateway.config.max_upstream_line_bytes)
+    return Response(stream_with_context(_passing(stream, watch, dialect, observation, lines)), status=stream.status,
                     content_type=stream.headers.get("content-type", "application/octet-stream"), headers=HEADERS,
                     direct_passthrough=True)
 
@@ -131,9 +137,8 @@ def _whole(stream, data: bytes, dialect, observation, keep) -> Response:
     return Response(data, status=stream.status, content_type=content_type)
 
 
-def _passing(stream, watch, dialect, observation):
+def _passing(stream, watch, dialect, observation, lines):
     """Yield the body as it arrives; a failure ends it with one error line of the dialect."""
-    partial = b""
     try:
         while True:
             data = stream.read_payload(1.0)
@@ -143,15 +148,12 @@ def _passing(stream, watch, dialect, observation):
                 continue
             if observation.ttft is None:
                 observation.first_token()
-            lines = (partial + data).split(b"\n") if partial else data.split(b"\n")
-            partial = lines.pop()
-            for line in lines:
-                if line.strip():
-                    observation.chunks += 1
-                    if dialect.marker in line:
-                        _note_counts(line, dialect, observation)
-                    elif line.startswith(dialect.error_start):  # Ollama's own error line, passed on
-                        observation.stream_failed, observation.upstream_error = True, "model_error"
+            for line in lines.feed(data):
+                observation.chunks += 1
+                if dialect.marker in line:
+                    _note_counts(line, dialect, observation)
+                elif line.startswith(dialect.error_start):  # Ollama's own error line, passed on
+                    observation.stream_failed, observation.upstream_error = True, "model_error"
             yield data
     except Exception as exc:
         if watch.gone:
@@ -160,7 +162,7 @@ def _passing(stream, watch, dialect, observation):
         error = as_ollama_error(exc)
         observation.stream_failed, observation.upstream_error = True, error.kind
         log.warning("Pass-through stream ended with an error: %s", error.detail)
-        yield (b"\n" if partial else b"") + dialect.stream_error(error.detail)
+        yield (b"\n" if lines.inside_line else b"") + dialect.stream_error(error.detail)
     finally:
         watch.stop()
         stream.close()

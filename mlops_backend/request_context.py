@@ -1,7 +1,9 @@
-"""Give every request an id, carry it in logs and in the X-Request-ID response header."""
+"""Give every request an id, carry it in logs and in the X-Request-ID response header; tell who the
+client is behind a trusted proxy; keep every log line one line."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import re
@@ -26,6 +28,44 @@ def add_request_id_header(response):
     if request_id:
         response.headers[HEADER] = request_id
     return response
+
+
+def client_address(trusted: tuple) -> str:
+    """The client's address: the peer's, or, when the peer is a proxy in `trusted` (FORWARDED_ALLOW_IPS),
+    the last address of X-Forwarded-For: the one that proxy saw and appended (earlier ones are the
+    client's own word)."""
+    peer = request.remote_addr or "-"
+    if "*" not in trusted and peer not in trusted:
+        return peer
+    hop = request.headers.get("X-Forwarded-For", "").rsplit(",", 1)[-1].strip()
+    try:
+        return str(ipaddress.ip_address(hop))
+    except ValueError:
+        return peer
+
+
+#: Characters that would break a text log line or let a value pose as another field.
+_UNSAFE = re.compile(r"[^\x21-\x7e]|[\"=\\]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def quoted(value) -> str:
+    """A value for a `name=value` text log line: as it is when plain, else a JSON string (escaped, quoted)."""
+    text = str(value)
+    return text if text and not _UNSAFE.search(text) else json.dumps(text)
+
+
+def one_line(text: str) -> str:
+    """Escape line breaks and other control characters, so no text can start a forged log line."""
+    return _CONTROL.sub(lambda match: json.dumps(match.group())[1:-1], text) if _CONTROL.search(text) else text
+
+
+class TextFormatter(logging.Formatter):
+    """The text format, each record's message kept on one line (a traceback still follows it)."""
+
+    def formatMessage(self, record):
+        record.message = one_line(record.message)
+        return super().formatMessage(record)
 
 
 class RequestIdFilter(logging.Filter):
@@ -77,6 +117,6 @@ def configure_logging(level: str, log_format: str = "text") -> None:
             continue
         handler = logging.StreamHandler()
         handler.addFilter(RequestIdFilter())
-        handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+        handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter(TEXT_FORMAT))
         logger.addHandler(handler)
         logger.propagate = False

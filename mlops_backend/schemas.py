@@ -11,11 +11,14 @@ _DURATION = re.compile(r"^-?\d+(\.\d+)?(ns|us|µs|ms|s|m|h)?$")
 
 
 class StringOrList(fields.Field):
-    """A string or a list of strings (Ollama's `stop`)."""
+    """A string or a list of strings (our `stop`), sent to Ollama as the list it requires.
+
+    Ollama's Options.FromMap takes only an array for `stop`: a bare string fails there with 500.
+    """
 
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, str):
-            return value
+            return [value]
         if isinstance(value, list) and all(isinstance(item, str) for item in value):
             return value
         raise ValidationError("Must be a string or a list of strings.")
@@ -43,13 +46,16 @@ class KeepAliveField(fields.Field):
         raise ValidationError('Must be a duration such as "5m", "1h", "0", or a number of seconds.')
 
 
+THINK_LEVELS = ("low", "medium", "high", "max")
+
+
 class ThinkField(fields.Field):
     """Ollama's `think`: a boolean, or an effort level for models that take one."""
 
     def _deserialize(self, value, attr, data, **kwargs):
-        if isinstance(value, bool) or value in ("low", "medium", "high"):
+        if isinstance(value, bool) or value in THINK_LEVELS:
             return value
-        raise ValidationError('Must be true, false, "low", "medium" or "high".')
+        raise ValidationError('Must be true, false, "low", "medium", "high" or "max".')
 
 
 class StrictInteger(fields.Integer):
@@ -139,8 +145,13 @@ class GenerateRequest(LimitedRequest):
     keep_alive = KeepAliveField(metadata={"description": 'How long the model stays loaded: "5m", "0", -1 or seconds',
                                           "oneOf": [{"type": "string"}, {"type": "number"}]})
     think = ThinkField(metadata={"description": "Ask a thinking model to think (thinking text arrives apart)",
-                                 "oneOf": [{"type": "boolean"}, {"type": "string", "enum": ["low", "medium", "high"]}]})
+                                 "oneOf": [{"type": "boolean"}, {"type": "string", "enum": list(THINK_LEVELS)}]})
     images = fields.List(Base64Image(), metadata={"description": "Base64 images for vision models"})
+    logprobs = fields.Boolean(metadata={"description": "Return each token's log probability (in `logprobs`)"})
+    top_logprobs = StrictInteger(validate=validate.Range(min=0, max=20),
+                                 metadata={"description": "With logprobs: the N likeliest tokens at each position"})
+    truncate = fields.Boolean(metadata={"description": "Cut a prompt longer than the context instead of failing"})
+    shift = fields.Boolean(metadata={"description": "Shift the context when the answer reaches its end"})
     stream = fields.Boolean(metadata={"description": "Accepted for compatibility and ignored: the route decides"})
 
     @validates_schema
@@ -178,6 +189,8 @@ class ToolCall(Schema):
     class Meta:
         unknown = INCLUDE
 
+    id = fields.String(metadata={"description": "The call's id (newer Ollama); a tool result names it in "
+                                                "tool_call_id", "example": "call_k3h9x2ab"})
     function = fields.Nested(ToolCallFunction, required=True)
 
 
@@ -190,6 +203,7 @@ class ChatMessage(Schema):
     images = fields.List(Base64Image())
     tool_calls = fields.List(fields.Nested(ToolCall))
     tool_name = fields.String(metadata={"description": "On role tool: which tool this result is from"})
+    tool_call_id = fields.String(metadata={"description": "On role tool: the id of the call this result answers"})
     thinking = fields.String()
 
 
@@ -206,6 +220,10 @@ class ChatRequest(LimitedRequest):
     format = GenerateRequest._declared_fields["format"]
     keep_alive = GenerateRequest._declared_fields["keep_alive"]
     think = GenerateRequest._declared_fields["think"]
+    logprobs = GenerateRequest._declared_fields["logprobs"]
+    top_logprobs = GenerateRequest._declared_fields["top_logprobs"]
+    truncate = GenerateRequest._declared_fields["truncate"]
+    shift = GenerateRequest._declared_fields["shift"]
     stream = fields.Boolean(metadata={"description": "Accepted for compatibility and ignored: the route decides"})
 
     @validates_schema

@@ -10,6 +10,7 @@ from flask import Response, request, stream_with_context
 
 from .client_watch import watch_client
 from .errors import stream_error_body
+from .ndjson import LineTooLong
 from .ollama import OllamaBadResponse, OllamaError, OllamaStreamError, OllamaTimeout
 
 log = logging.getLogger(__name__)
@@ -20,7 +21,8 @@ CONTENT_TYPE = "text/event-stream; charset=utf-8"
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 HEARTBEAT = b": keep-alive\n\n"
 PROGRESS = ("status", "digest", "total", "completed")
-STATISTICS = ("done_reason", "total_duration", "load_duration", "prompt_eval_count", "eval_count", "eval_duration")
+#: Fields of Ollama's last line that are content, not statistics: everything else goes into the done event.
+NOT_STATISTICS = {"model", "created_at", "response", "thinking", "message", "done", "context", "logprobs"}
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 # JSON may carry U+2028, U+2029 and U+0085 raw; SSE does not split on them, but many line readers
@@ -67,22 +69,31 @@ def text_event(line: bytes) -> bytes | None:
 
 
 def chunk_events(obj: dict, out: list) -> bool:
-    """Append the events for one upstream object to `out`; return True for the final object."""
+    """Append the events for one upstream object to `out`; return True for the final object.
+
+    A piece's `logprobs` (asked for with "logprobs": true) ride on its text event, or on its
+    thinking event when the piece is reasoning; the final event carries every field of Ollama's
+    last line but the content (all its statistics, including ones newer than this code).
+    """
     if "error" in obj:
         raise OllamaStreamError(str(obj["error"]) or "Ollama reported an error")
     message = obj.get("message")
     source = message if isinstance(message, dict) else obj
     thinking = source.get("thinking")
-    if thinking:
-        out.append(event({"thinking": thinking}))
     text = source.get("content") if source is message else obj.get("response")
-    if text:
+    logprobs = obj.get("logprobs")
+    if thinking:
+        out.append(event({"thinking": thinking, "logprobs": logprobs} if logprobs and not text else
+                         {"thinking": thinking}))
+    if logprobs and (text or not thinking):
+        out.append(event({"text": text or "", "logprobs": logprobs}))
+    elif text:
         out.append(b'data: {"text":' + _encode(text).encode() + b"}\n\n")
     if source is message and message.get("tool_calls"):
         out.append(event({"tool_calls": message["tool_calls"]}))
     if obj.get("done"):
         final = {"done": True}
-        final.update((key, obj[key]) for key in STATISTICS if key in obj)
+        final.update((key, value) for key, value in obj.items() if key not in NOT_STATISTICS)
         out.append(event(final))
         return True
     return False
@@ -174,6 +185,8 @@ def as_ollama_error(exc: Exception) -> OllamaError:
     """Name a failure of a started stream the way the error table does (the pass-through relay too)."""
     if isinstance(exc, OllamaError):
         return exc
+    if isinstance(exc, LineTooLong):
+        return OllamaBadResponse(str(exc))
     if isinstance(exc, TimeoutError):
         return OllamaTimeout(str(exc))
     if isinstance(exc, (ConnectionError, OSError)):

@@ -11,15 +11,19 @@ are safe to hit, since no library holds half-parsed state. Everything else uses 
 from __future__ import annotations
 
 import base64
+import re
 import socket
 import ssl
 import time
 from urllib.parse import unquote, urlsplit
 
-from .ndjson import ChunkedLines
+from .ndjson import DEFAULT_MAX_LINE, ChunkedLines, LineTooLong
 
 READ_SIZE = 65536
 MAX_HEAD = 65536
+#: A path as it may stand in the request line: printable ASCII, no space (RFC 9112 request-target).
+_PATH = re.compile(r"/[\x21-\x7e]*")
+_DIGITS = re.compile(r"[0-9]{1,19}")
 
 
 class _Reader:
@@ -52,8 +56,9 @@ class UpstreamClosed(ConnectionError):
 class UpstreamPool:
     """Idle keep-alive sockets to one server, reused last-in first-out."""
 
-    def __init__(self, base_url: str, connect_timeout: float, max_idle: int = 256):
+    def __init__(self, base_url: str, connect_timeout: float, max_idle: int = 256, max_line: int = DEFAULT_MAX_LINE):
         parts = urlsplit(base_url)
+        self.max_line = max_line
         self.tls = parts.scheme == "https"
         self.address = (parts.hostname, parts.port or (443 if self.tls else 80))
         self.prefix = parts.path.rstrip("/").encode()
@@ -72,6 +77,9 @@ class UpstreamPool:
 
     def request(self, method: str, path: str, body: bytes) -> Exchange:
         """Send one request on a pooled (or new) connection; return the exchange awaiting its answer."""
+        if not _PATH.fullmatch(path):
+            # A space or line break in the request line would let a client write its own request to Ollama.
+            raise ValueError(f"not a percent-encoded path: {path[:80]!r}")
         message = b"%s %s%s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n%s" % (
             method.encode(), self.prefix, path.encode(), self._headers, len(body), body)
         while self._idle:
@@ -160,7 +168,9 @@ class Exchange:
             end = self._buffer.find(b"\r\n\r\n")
             if end >= 0:
                 self._parse_head(end)
-                return True
+                if self.status:
+                    return True
+                continue
             if len(self._buffer) > MAX_HEAD:
                 raise ValueError("response head too large")
             data = self._recv(wait, limit)
@@ -204,13 +214,25 @@ class Exchange:
         if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
             raise ValueError(f"not an HTTP response: {lines[0][:60]!r}")
         self.status = int(parts[1])
+        if 100 <= self.status < 200:  # an interim answer (100 Continue): the real head follows
+            self.status, self.headers = 0, {}
+            end = self._buffer.find(b"\r\n\r\n")
+            if end >= 0:
+                self._parse_head(end)
+            return
         headers = self.headers
         for line in lines[1:]:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
         chunked = "chunked" in headers.get("transfer-encoding", "").lower()
-        length = None if chunked or "content-length" not in headers else int(headers["content-length"])
-        self._decoder = ChunkedLines(chunked, length)
+        length = None
+        if self.status in (204, 304):
+            length = 0  # never a body, whatever the headers say
+        elif not chunked and "content-length" in headers:
+            if not _DIGITS.fullmatch(headers["content-length"]):
+                raise ValueError("Content-Length is not a number")
+            length = int(headers["content-length"])
+        self._decoder = ChunkedLines(chunked and length is None, length, self._pool.max_line)
         if length == 0:
             self._decoder.finished = True
 
@@ -267,9 +289,13 @@ class Exchange:
         return _CLOSED
 
     def read_body(self, limit: float) -> bytes:
-        """Read the whole body (a non-streamed answer), then release the connection."""
+        """Read the whole body (a non-streamed answer), then release the connection.
+
+        A body longer than MAX_UPSTREAM_LINE_BYTES raises LineTooLong: a whole JSON answer is one line.
+        """
         decoder = self._decoder
         pieces = []
+        size = 0
         while not decoder.finished:
             data, self._buffer = self._buffer, b""
             if not data:
@@ -282,6 +308,9 @@ class Exchange:
                     self.close()  # a body that ends when the connection does
                     return b"".join(pieces)
             pieces.append(decoder.payload(data))
+            size += len(pieces[-1])
+            if size > self._pool.max_line:
+                raise LineTooLong(self._pool.max_line)
         self._finish()
         return b"".join(pieces)
 

@@ -19,7 +19,8 @@ API_KEY = "test-key-0123456789abcdef0123456789"
 AUTH = {"X-API-Key": API_KEY}
 CONFIG_VARIABLES = ("OLLAMA_", "API_KEY", "AUTH_ENABLED", "HOST", "PORT", "DEBUG", "ALLOWED_ORIGINS", "DEFAULT_MODEL",
                     "MAX_BODY_BYTES", "LOG_", "SSE_", "STREAM_", "ALLOW_UNKNOWN", "WEB_CONCURRENCY", "GUNICORN_",
-                    "RATE_LIMIT", "DATABASE_URL", "USAGE_", "METRICS_", "PROMETHEUS_", "MAX_", "EMBED_", "MLOPS_")
+                    "RATE_LIMIT", "DATABASE_URL", "USAGE_", "METRICS_", "PROMETHEUS_", "MAX_", "EMBED_", "MLOPS_",
+                    "AUTH_", "STREAMS_", "SLOT_", "FORWARDED_", "OPEN_UPSTREAM")
 
 
 def free_port() -> int:
@@ -44,9 +45,13 @@ class GatewayProcess:
                     "OLLAMA_BASE_URL": ollama_url, "API_KEY": API_KEY, "WEB_CONCURRENCY": "1",
                     "SSE_HEARTBEAT_SECONDS": "0.5", "DEFAULT_MODEL": "llama3.2", "LOG_LEVEL": "info",
                     "GUNICORN_GRACEFUL_TIMEOUT": "10",
-                    # Limits off unless a test sets them: most tests open many streams with one key.
-                    "RATE_LIMIT_PER_MINUTE": "0", "STREAMS_PER_KEY": "0",
-                    **{k: str(v) for k, v in env.items()}}
+                    # Off unless a test sets it: many tests send missing or wrong keys to one gateway
+                    # from one address, which the default (60 a minute) would answer with 429.
+                    "AUTH_FAILURES_PER_MINUTE": "0",
+                    **{k: str(v) for k, v in env.items() if v is not None}}
+        # A variable given as None is left unset: the gateway's own default applies.
+        for name in [k for k, v in env.items() if v is None]:
+            self.env.pop(name, None)
         self.process = None
 
     @property

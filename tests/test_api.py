@@ -8,6 +8,7 @@ import time
 import pytest
 import requests
 
+from tests.ollama_double.wire import VERSION
 from tests.support import API_KEY, AUTH, post_stream, sse_events, sse_items, wait_for_access_line
 
 PROBLEM = "application/problem+json"
@@ -40,7 +41,7 @@ def test_readiness_reports_ollama_version_and_url(gateway):
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "healthy"
-    assert body["ollama"]["version"] == "0.12.6"
+    assert body["ollama"]["version"] == VERSION  # what the double reports, as Ollama would
     assert body["ollama"]["url"].startswith("http://127.0.0.1:")
 
 
@@ -93,6 +94,53 @@ def test_generate_returns_the_answer_and_statistics(gateway, double):
     assert sent["path"] == "/api/generate"
     assert sent["body"]["stream"] is False  # the route decides, whatever the client said
     assert sent["body"]["options"] == {"temperature": 0.2, "stop": ["\n"], "seed": 7}
+
+
+def test_a_single_stop_string_reaches_ollama_as_the_list_it_requires(gateway, double):
+    # Ollama's Options.FromMap takes only an array for `stop` (a bare string is its 500).
+    response = requests.post(gateway.url + "/api/llm/generate", headers=AUTH,
+                             json={"prompt": "hi", "options": {"stop": "\n"}})
+    assert response.status_code == 200, response.text
+    assert double.requests[-1]["body"]["options"] == {"stop": ["\n"]}
+
+
+def test_every_statistic_and_field_of_the_answer_is_kept(gateway, double):
+    body = requests.post(gateway.url + "/api/llm/generate", headers=AUTH, json={"prompt": "hi"}).json()
+    for key in ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_count",
+                "eval_duration", "created_at"):
+        assert key in body, key
+    assert "context" not in body  # generate's deprecated token ids are left out
+
+
+@pytest.mark.parametrize("route", ["/api/llm/generate", "/api/llm/stream"])
+def test_current_ollama_fields_pass_on_generate(gateway, double, route):
+    body = {"model": "qwen3", "prompt": "hi", "think": "max", "logprobs": True, "top_logprobs": 2,
+            "truncate": False, "shift": True}
+    response = requests.post(gateway.url + route, headers=AUTH, json=body)
+    assert response.status_code == 200, response.text
+    sent = double.requests[-1]["body"]
+    assert {key: sent[key] for key in ("think", "logprobs", "top_logprobs", "truncate", "shift")} == {
+        "think": "max", "logprobs": True, "top_logprobs": 2, "truncate": False, "shift": True}
+
+
+def test_logprobs_ride_on_each_text_event_and_whole_answers_keep_them(gateway, double):
+    double.script(tokens=["Hel", "lo"])
+    body = {"model": "llama3.2", "prompt": "hi", "logprobs": True, "top_logprobs": 1}
+    events = sse_events(post_stream(gateway, body))
+    texts = [event for event in events if "text" in event]
+    assert [event["text"] for event in texts] == ["Hel", "lo"]
+    assert all(event["logprobs"] and {"token", "logprob"} <= set(event["logprobs"][0]) for event in texts)
+    assert texts[0]["logprobs"][0]["token"] == "Hel"
+    assert all(len(event["logprobs"][0]["top_logprobs"]) == 1 for event in texts)
+    whole = requests.post(gateway.url + "/api/llm/generate", headers=AUTH, json=body).json()
+    assert [entry["token"] for entry in whole["logprobs"]] == ["Hel", "lo"]
+
+
+@pytest.mark.parametrize("think", [True, False, "low", "medium", "high", "max"])
+def test_every_think_value_ollama_takes_is_accepted(gateway, double, think):
+    response = requests.post(gateway.url + "/api/llm/generate", headers=AUTH,
+                             json={"model": "qwen3", "prompt": "hi", "think": think})
+    assert response.status_code == 200, response.text
 
 
 def test_generate_uses_default_model(gateway, double):

@@ -45,6 +45,23 @@ def test_chat_returns_thinking_and_tool_calls(gateway, double):
     assert double.requests[-1]["body"]["tools"] == tools
 
 
+def test_tool_calls_keep_their_id_and_a_tool_result_names_it(gateway, double):
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    ask = [{"role": "user", "content": "weather in Tokyo?"}]
+    whole = post(gateway, "/api/llm/chat", {"messages": ask, "tools": tools}).json()
+    (call,) = whole["message"]["tool_calls"]
+    assert call["id"].startswith("call_") and call["function"]["name"] == "get_weather"
+    events = sse_events(post(gateway, "/api/llm/chat/stream", {"messages": ask, "tools": tools}, stream=True))
+    (streamed,) = [event["tool_calls"] for event in events if "tool_calls" in event]
+    assert streamed[0]["id"] == call["id"]
+    history = ask + [{"role": "assistant", "content": "", "tool_calls": [call]},
+                     {"role": "tool", "content": "Sunny", "tool_name": "get_weather", "tool_call_id": call["id"]}]
+    response = post(gateway, "/api/llm/chat", {"messages": history, "tools": tools})
+    assert response.status_code == 200, response.text
+    sent = double.requests[-1]["body"]["messages"]
+    assert sent[1]["tool_calls"][0]["id"] == call["id"] and sent[2]["tool_call_id"] == call["id"]
+
+
 def test_chat_stream_has_the_stream_grammar(gateway, double):
     double.script(thinking=["Let me see"], tokens=["Hel", "lo\n", "🦙"], delay=0.2)
     started = time.monotonic()
@@ -62,8 +79,9 @@ def test_chat_stream_tool_calls_event(gateway):
     response = post(gateway, "/api/llm/chat/stream", {"messages": [{"role": "user", "content": "weather?"}],
                                                        "tools": tools}, stream=True)
     events = sse_events(response)
-    assert events[0] == {"tool_calls": [{"function": {"index": 0, "name": "get_weather",
-                                                      "arguments": {"city": "Tokyo"}}}]}
+    (call,) = events[0]["tool_calls"]
+    assert call["function"] == {"index": 0, "name": "get_weather", "arguments": {"city": "Tokyo"}}
+    assert call["id"].startswith("call_") and set(events[0]) == {"tool_calls"}
     assert events[-1]["done"] is True
 
 

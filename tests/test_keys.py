@@ -23,7 +23,7 @@ import tomli_w
 
 from mlops_backend.keys import (SHARED_KEY_NAME, ApiKey, KeyFileError, KeyRing, digest, make_entry, new_token,
                                 read_entries, write_entries)
-from tests.support import API_KEY, CONFIG_VARIABLES, ROOT, GatewayProcess, sse_events
+from tests.support import API_KEY, CONFIG_VARIABLES, ROOT, GatewayProcess, sse_events, wait_for_access_line
 
 PROBLEM = "application/problem+json"
 UNUSED_OLLAMA = "http://127.0.0.1:9"  # the command never calls Ollama
@@ -87,9 +87,13 @@ def assert_problem(response, status: int, *phrases: str) -> dict:
     return problem
 
 
-def assert_log_names_key_not_token(gateway, name: str, *tokens: str) -> None:
-    """The request log carries the key's name (its line is written when the response closes), never a key."""
-    wait_for(lambda: f"key={name}" in gateway.log())
+def assert_log_names_key_not_token(gateway, responses, name: str, *tokens: str) -> None:
+    """The access line of each response names the key (a line is written when its response closes: wait for
+    each), and the log holds no key nor its hash."""
+    assert responses
+    for response in responses:
+        line = wait_for_access_line(gateway, response.headers["X-Request-ID"])
+        assert f" key={name} " in line, line
     log = gateway.log()
     for token in tokens:
         assert token not in log and digest(token) not in log
@@ -239,8 +243,9 @@ def test_unreadable_files_are_refused(tmp_path, name, text, phrase):
 
 
 BROKEN_ENTRIES = {
-    "bad scope": ({"scopes": ["use", "root"]}, "scopes must be a non-empty list of use, admin"),
-    "no scope": ({"scopes": []}, "scopes must be a non-empty list of use, admin"),
+    "bad scope": ({"scopes": ["use", "root"]}, "scopes: unknown scopes ['root'] (known: use, admin, cloud)"),
+    "no scope": ({"scopes": []}, "scopes: no scope given"),
+    "cloud alone": ({"scopes": ["cloud"]}, "scopes: cloud adds to use or admin"),
     "bad sha256": ({"sha256": "ABC" * 21 + "D"}, "sha256 must be 64 lowercase hex digits"),
     "short sha256": ({"sha256": "0" * 63}, "sha256 must be 64 lowercase hex digits"),
     "unknown field": ({"token": "mlk_x"}, "unknown fields ['token']"),
@@ -277,8 +282,10 @@ def test_duplicate_names_are_refused(tmp_path, suffix):
 
 
 def test_make_entry_refuses_what_the_file_would_refuse():
-    with pytest.raises(KeyFileError, match="scopes must be"):
+    with pytest.raises(KeyFileError, match="no scope given"):
         make_entry("web", new_token(), [])
+    with pytest.raises(KeyFileError, match="cloud adds to use or admin"):
+        make_entry("web", new_token(), ["cloud"])
     with pytest.raises(KeyFileError, match="name must be"):
         make_entry("-web", new_token(), ["use"])
     with pytest.raises(KeyFileError, match="must be an integer >= 0"):
@@ -300,7 +307,9 @@ def test_identify_finds_named_keys_the_shared_key_and_nothing_else(tmp_path):
     assert ring.identify(ops) == ApiKey("ops", frozenset({"admin"}))
     assert ring.identify(ops).has_scope("use")  # admin includes use
     shared = ring.identify(API_KEY)
-    assert shared == ApiKey(SHARED_KEY_NAME) and shared.name == "default"
+    # The shared key has API_KEY_SCOPES (use and admin unless set); cloud is never given by default.
+    assert shared == ApiKey(SHARED_KEY_NAME, frozenset({"use", "admin"})) and shared.name == "default"
+    assert not shared.has_scope("cloud")
     assert shared.scopes == {"use", "admin"} and shared.models is None
     for wrong in ("wrong", web + "x", web[:-1], digest(web), API_KEY.upper(), ""):
         assert ring.identify(wrong) is None, wrong
@@ -431,15 +440,18 @@ def test_keys_created_and_revoked_with_the_command_apply_to_a_running_gateway(st
     assert status_of(gateway, token, bearer=True) == 200
     answer = call(gateway, token, "POST", "/api/llm/generate", {"model": "llama3.2", "prompt": "hi"}, bearer=True)
     assert answer.status_code == 200 and answer.json()["done"] is True
-    assert_log_names_key_not_token(gateway, "web", token)
+    assert_log_names_key_not_token(gateway, [answer], "web", token)
 
     keys_cli.ok("revoke", "web")
     started = time.monotonic()
     wait_for(lambda: status_of(gateway, token) == 401)
     assert time.monotonic() - started < 2.5
-    assert status_of(gateway, token, bearer=True) == 401
+    refused = call(gateway, token, "GET", "/api/llm/models", bearer=True)
+    assert refused.status_code == 401
     assert status_of(gateway, API_KEY) == 200
-    assert token not in gateway.log()
+    # The refused request's line is written when its response closes: wait for it before looking for the key.
+    assert "GET /api/llm/models 401" in wait_for_access_line(gateway, refused.headers["X-Request-ID"])
+    assert token not in gateway.log() and digest(token) not in gateway.log()
 
 
 def test_sighup_makes_the_workers_read_the_keys_file_again(start_gateway, tmp_path):
@@ -460,7 +472,9 @@ def test_sighup_makes_the_workers_read_the_keys_file_again(start_gateway, tmp_pa
     wait_for(lambda: status_of(gateway, new) == 200, timeout=15)
     assert status_of(gateway, old) == 401
     assert gateway.process.poll() is None
-    assert_log_names_key_not_token(gateway, "web", old, new)
+    answer = call(gateway, new, "GET", "/api/llm/models")
+    assert answer.status_code == 200
+    assert_log_names_key_not_token(gateway, [answer], "web", old, new)
 
 
 @pytest.fixture(scope="module")
@@ -490,11 +504,13 @@ def test_a_use_key_reaches_the_llm_routes_but_not_the_admin_ones(keyed, double):
         events = sse_events(response)
     assert any("text" in event for event in events) and events[-1]["done"] is True
 
-    for method, path, body in ADMIN_ROUTES:
-        assert_problem(call(gateway, keyed.user, method, path, body), 403, "'user'", "'admin' scope")
+    refused = [call(gateway, keyed.user, method, path, body) for method, path, body in ADMIN_ROUTES]
+    for answered in refused:
+        assert_problem(answered, 403, "'user'", "'admin' scope")
     assert not [seen for seen in double.requests if seen["path"] in ("/api/pull", "/api/delete")]
-    assert "llama3.2:latest" in model_names(gateway, keyed.user)
-    assert_log_names_key_not_token(gateway, "user", keyed.user)
+    listed = call(gateway, keyed.user, "GET", "/api/llm/models")
+    assert "llama3.2:latest" in [model["name"] for model in listed.json()["models"]]
+    assert_log_names_key_not_token(gateway, [answer, response, *refused, listed], "user", keyed.user)
 
 
 def test_an_admin_key_manages_models_and_reads_usage_and_metrics(keyed):
@@ -519,7 +535,7 @@ def test_an_admin_key_manages_models_and_reads_usage_and_metrics(keyed):
     metrics = call(gateway, keyed.ops, "GET", "/metrics", bearer=True)
     assert metrics.status_code == 200 and metrics.headers["Content-Type"].startswith("text/plain")
     assert "mlops_requests_total" in metrics.text
-    assert_log_names_key_not_token(gateway, "ops", keyed.ops)
+    assert_log_names_key_not_token(gateway, [response, deleted, usage, metrics], "ops", keyed.ops)
 
 
 ALLOW_LIST_ROUTES = {

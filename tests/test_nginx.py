@@ -231,7 +231,7 @@ def openai_tokens(line: bytes):
         return None
     item = json.loads(line[6:])
     assert "error" not in item, item
-    return item["choices"][0]["delta"]["content"] or None  # the finish chunk carries ""
+    return item["choices"][0]["delta"].get("content") or None  # the finish chunk's delta is empty
 
 
 # path, body, content type, one line's token (None for the lines that close the stream)

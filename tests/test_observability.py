@@ -187,8 +187,9 @@ def test_metrics_are_summed_over_two_workers(start_gateway, double):
     assert sample(samples, "mlops_time_to_first_token_seconds_count", route="/api/llm/generate") == 0
     # One upstream line per token, plus the final statistics line (counted as a chunk too).
     assert sample(samples, "mlops_tokens_relayed_total", route="/api/llm/stream") == len(tokens) + 1
-    assert sample(samples, "mlops_llm_tokens_total", model="llama3.2", type="prompt") == prompt_tokens
-    assert sample(samples, "mlops_llm_tokens_total", model="llama3.2", type="completion") == completion_tokens
+    # Counted under the model's own name (llama3.2 is llama3.2:latest to Ollama), whatever the spelling.
+    assert sample(samples, "mlops_llm_tokens_total", model="llama3.2:latest", type="prompt") == prompt_tokens
+    assert sample(samples, "mlops_llm_tokens_total", model="llama3.2:latest", type="completion") == completion_tokens
     assert sample(samples, "mlops_upstream_errors_total", kind="model_not_found") == 1
     assert sample(samples, "mlops_active_streams") == 0
 
@@ -261,10 +262,11 @@ def test_usage_per_key_and_model_across_workers_and_restarts(start_gateway, doub
     assert [answer["eval_count"] for answer in answers] == [3, 3, 3, 3]  # the three scripted tokens
     assert all(answer["prompt_eval_count"] > 0 for answer in answers)
     llama = (5, sum(a["prompt_eval_count"] for a in answers), sum(a["eval_count"] for a in answers), 1)
-    expected = {("default", "llama3.2"): llama,
-                ("default", "all-minilm"): (1, embedded.json()["prompt_eval_count"], 0, 0),
-                ("default", "ghost"): (1, 0, 0, 1)}
-    batch = {("batch", "llama3.2"): (1, other_answer["prompt_eval_count"], other_answer["eval_count"], 0)}
+    # Rows are named as Ollama names the model; an unknown model counts in the one row "".
+    expected = {("default", "llama3.2:latest"): llama,
+                ("default", "all-minilm:latest"): (1, embedded.json()["prompt_eval_count"], 0, 0),
+                ("default", ""): (1, 0, 0, 1)}
+    batch = {("batch", "llama3.2:latest"): (1, other_answer["prompt_eval_count"], other_answer["eval_count"], 0)}
     # Each worker adds its counts every USAGE_FLUSH_SECONDS: poll until the other worker's arrive.
     settle(lambda: usage_rows(gateway), expected)
     assert usage_rows(gateway, key="batch") == batch
@@ -289,9 +291,9 @@ def test_usage_per_key_and_model_across_workers_and_restarts(start_gateway, doub
     assert unknown.status_code == 404
     wait_for(lambda: unknown.headers["X-Request-ID"] in text_access_lines(restarted))
     assert restarted.stop() == 0
-    expected[("default", "llama3.2")] = (5 + len(more), llama[1] + sum(a["prompt_eval_count"] for a in more),
-                                         llama[2] + sum(a["eval_count"] for a in more), 1)
-    expected[("default", "ghost")] = (2, 0, 0, 2)
+    expected[("default", "llama3.2:latest")] = (5 + len(more), llama[1] + sum(a["prompt_eval_count"] for a in more),
+                                                llama[2] + sum(a["eval_count"] for a in more), 1)
+    expected[("default", "")] = (2, 0, 0, 2)
     assert usage_rows(start_gateway(**settings), key=None) == {**expected, **batch}
 
 
@@ -365,6 +367,58 @@ def test_json_access_log_has_one_line_per_request(start_gateway, double):
     logged = call("POST", prompts, "/api/llm/generate", json={"model": "llama3.2", "prompt": secret_prompt})
     assert logged_once(prompts, logged.headers["X-Request-ID"])["prompt"] == {"prompt": secret_prompt}
     assert API_KEY not in prompts.log()
+
+
+def test_no_client_value_can_forge_a_text_log_line(start_gateway, double):
+    """A path, a model name or X-Forwarded-For with a line break, or with `key=...` of its own, must stay
+    inside one quoted value of the request's own line: nothing may start a second line or pose as a field."""
+    gateway = start_gateway()  # LOG_FORMAT=text
+    forged = "2026-01-01 00:00:00,000 INFO 1 [forged] mlops_backend.access: GET /api/usage 200 1.0ms key=ops"
+    path = "/x\n" + forged
+    unauthenticated = requests.get(gateway.url + requests.utils.quote(path), headers=CLOSE, timeout=10)
+    assert unauthenticated.status_code == 404
+    spaced = call("GET", gateway, "/api/llm/models/llama3.2 key=ops\x1b[2J", headers={"X-API-Key": "wrong"})
+    assert spaced.status_code == 401
+    model = call("POST", gateway, "/ollama/api/show", json={"model": "ghost\r\n" + forged + "\u2028key=ops"})
+    assert model.status_code == 400  # not a valid model name, to Ollama
+    forwarded = call("GET", gateway, "/health", headers={"X-Forwarded-For": "203.0.113.7 key=ops"})
+    stream = call("POST", gateway, "/api/llm/generate", headers={"X-Forwarded-For": "203.0.113.7, key=ops"},
+                  json={"model": "llama3.2", "prompt": "hi"})
+    ids = [response.headers["X-Request-ID"] for response in (unauthenticated, spaced, model, forwarded, stream)]
+    # Each line is written as its response ends.
+    wait_for(lambda: all(f"[{rid}] mlops_backend.access: " in gateway.log() for rid in ids))
+    log = gateway.log()
+    assert not any(line.startswith("2026-01-01") for line in log.splitlines()), log
+    for rid in ids:
+        (line,) = [text for text in log.splitlines() if f"[{rid}] mlops_backend.access: " in text]
+        # The line's words, a quoted value (with what it quotes) counting as one: none is a bare key=ops.
+        words = re.findall(r'\S*?"(?:[^"\\]|\\.)*"|\S+', line.split(" mlops_backend.access: ", 1)[1])
+        assert "key=ops" not in words and [w for w in words if w.startswith("key=")] in ([], ["key=default"]), words
+    (path_line,) = [text for text in log.splitlines() if f"[{ids[0]}] mlops_backend.access: " in text]
+    assert json.dumps(path) in path_line  # the path as a JSON string: escaped, quoted, on one line
+    (model_line,) = [text for text in log.splitlines() if f"[{ids[2]}] mlops_backend.access: " in text]
+    assert "model=" + json.dumps("ghost\r\n" + forged + "\u2028key=ops") in model_line
+
+
+def test_usage_has_a_row_per_model_ollama_has_and_one_for_every_other_name(start_gateway, double, tmp_path):
+    """Names a key was refused, names Ollama does not have, and other spellings of one model must not each
+    add a row: a key could otherwise add rows at will (600 a minute from one key)."""
+    narrow = new_token()
+    keys_file = tmp_path / "keys.json"
+    write_entries(str(keys_file), [make_entry("narrow", narrow, ["use"], models=["llama3.2"])])
+    gateway = start_gateway(API_KEYS_FILE=str(keys_file), USAGE_FLUSH_SECONDS="0.2")
+    for index in range(20):
+        assert call("POST", gateway, "/api/llm/generate", json={"model": f"ghost-{index}", "prompt": "hi"}) \
+            .status_code == 404
+        assert call("POST", gateway, "/ollama/api/chat", headers={"X-API-Key": narrow}, json={
+            "model": f"other-{index}", "messages": [{"role": "user", "content": "hi"}]}).status_code == 403
+    answers = [call("POST", gateway, "/api/llm/generate", headers={"X-API-Key": narrow},
+                    json={"model": spelling, "prompt": "hi"})
+               for spelling in ("llama3.2", "LLAMA3.2", "llama3.2:latest", "registry.ollama.ai/library/llama3.2")]
+    assert [answer.status_code for answer in answers] == [200] * 4
+    tokens = (sum(a.json()["prompt_eval_count"] for a in answers), sum(a.json()["eval_count"] for a in answers))
+    settle(lambda: usage_rows(gateway, key=None), {("default", ""): (20, 0, 0, 20), ("narrow", ""): (20, 0, 0, 20),
+                                                    ("narrow", "llama3.2:latest"): (4, *tokens, 0)})
 
 
 # -- 4. pull and delete --------------------------------------------------------------------------------------

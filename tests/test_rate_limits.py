@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from mlops_backend.keys import make_entry, write_entries
-from tests.support import AUTH, free_port, post_stream, sse_items
+from tests.support import AUTH, free_port, post_stream, sse_items, wait_for_access_line
 
 PREFLIGHT = {"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST",
              "Access-Control-Request-Headers": "X-API-Key, Content-Type"}
@@ -270,7 +270,7 @@ def assert_too_many_streams(answer, key: str = "default", limit: int = 2) -> Non
     assert answer.content_type == "application/problem+json"
     assert answer.json["type"].endswith(":too-many-streams")
     assert answer.json["status"] == 429
-    assert answer.json["detail"] == f"The key {key!r} has {limit} streams open, its limit"
+    assert answer.json["detail"] == f"The key {key!r} has {limit} generations in flight, its limit; see Retry-After"
     assert int(answer.headers["Retry-After"]) >= 1
 
 
@@ -488,7 +488,80 @@ def test_unreachable_redis_fails_open_and_logs_it(start_gateway, double, streams
     for stream in both:
         events = stream.read_to_end()
         assert [e.get("text") for e in events[:-1]] == ["a"] * 5 and events[-1]["done"] is True
+    for stream in both:  # a stream's line is written when it ends: wait for both before reading what is missing
+        assert " 200 " in wait_for_access_line(gateway, stream.response.headers["X-Request-ID"])
     log = gateway.log()
     assert " 500 " not in log and "Unhandled error" not in log
-    assert "Stream slots unavailable (rate-limit storage down); not limiting" in log
+    assert "Generation slots unavailable (rate-limit storage down); not limiting" in log
     assert f"connecting to 127.0.0.1:{port}. Connection refused" in log
+
+
+# -- defaults: a shared key is never capped; wrong keys are --------------------------------------------------
+
+
+def test_with_nothing_configured_a_shared_key_is_never_refused(start_gateway, double):
+    """The seed's frontend: every browser user on one API_KEY. 200 streams at once, then more requests in a
+    minute than the old default of 600, all through that key: none is refused."""
+    gateway = start_gateway(AUTH_FAILURES_PER_MINUTE=None)  # every limit at the gateway's own default
+    double.script(tokens=["x"] * 5, delay=0.4)
+
+    def one_stream(_):
+        with post_stream(gateway, {"prompt": "hi"}, {"Connection": "close"}, timeout=60) as response:
+            if response.status_code != 200:
+                return response.status_code, None
+            return 200, [value for _, kind, value in sse_items(response) if kind == "data"]
+
+    with ThreadPoolExecutor(200) as pool:
+        results = list(pool.map(one_stream, range(200)))
+    assert [status for status, _ in results] == [200] * 200
+    assert all([e.get("text") for e in events[:-1]] == ["x"] * 5 and events[-1]["done"] for _, events in results)
+    # They were open together: the double saw at least 150 of them streaming at one moment.
+    spans = [(s["started"], s["closed_at"]) for s in double.streams]
+    peak = max(sum(1 for start, end in spans if start <= moment < end) for moment, _ in spans)
+    print(f"\n200 concurrent streams through the shared key with the defaults: all 200; peak open at once: {peak}")
+    assert peak >= 150
+
+    double.reset()
+    sessions = [requests.Session() for _ in range(16)]
+
+    def generations(session):
+        return [session.post(gateway.url + "/api/llm/generate", json={"prompt": "hi"}, headers=AUTH,
+                             timeout=30).status_code for _ in range(60)]
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(16) as pool:
+        statuses = [status for batch in pool.map(generations, sessions) for status in batch]
+    elapsed = time.monotonic() - started
+    for session in sessions:
+        session.close()
+    print(f"960 generations in {elapsed:.1f} s through the shared key: {statuses.count(200)} x 200")
+    assert statuses == [200] * 960 and elapsed < 60  # more than 600 inside one minute
+
+
+def wrong_key(gateway, headers=None) -> Answer:
+    return models(gateway, {"X-API-Key": "not-a-key-0123456789abcdef", **(headers or {})})
+
+
+def test_wrong_keys_from_one_address_get_429_once_its_budget_is_spent(start_gateway):
+    gateway = start_gateway(AUTH_FAILURES_PER_MINUTE=None)  # 60 a minute by default
+    for _ in range(100):  # CORS preflights are never counted
+        assert call(gateway, "OPTIONS", "/api/llm/models", PREFLIGHT).status == 200
+    answers = [wrong_key(gateway) for _ in range(200)]
+    statuses = [answer.status for answer in answers]
+    print(f"\n200 wrong keys in a row from one address: {statuses.count(401)} x 401, then {statuses.count(429)} x 429")
+    assert statuses == [401] * 60 + [429] * 140
+    refused = answers[-1]
+    assert refused.content_type == "application/problem+json" and refused.json["status"] == 429
+    assert "missing or wrong API key" in refused.json["detail"]
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert models(gateway, {}).status == 429  # no key at all spends the same budget
+    # A valid key from the same address never spends it, and is never refused by it.
+    assert_unlimited(models(gateway))
+    # Behind a trusted proxy (127.0.0.1 by default), each client address behind it has its own budget.
+    assert wrong_key(gateway, {"X-Forwarded-For": "203.0.113.7"}).status == 401
+
+
+def test_a_forwarded_address_counts_only_from_a_trusted_proxy(start_gateway):
+    gateway = start_gateway(AUTH_FAILURES_PER_MINUTE=3, FORWARDED_ALLOW_IPS="192.0.2.1")
+    statuses = [wrong_key(gateway, {"X-Forwarded-For": f"203.0.113.{n}"}).status for n in range(5)]
+    assert statuses == [401] * 3 + [429] * 2  # 127.0.0.1 is not trusted here: X-Forwarded-For is ignored

@@ -10,7 +10,9 @@ import pytest
 from tests.support import AUTH, post_stream, sse_events, sse_items
 from tests.test_api import assert_problem
 
-STATS = {"done_reason", "total_duration", "load_duration", "prompt_eval_count", "eval_count", "eval_duration"}
+#: Every statistic of Ollama's final line reaches the done event.
+STATS = {"done_reason", "total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_count",
+         "eval_duration"}
 
 
 def test_framing_headers(gateway):

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 import sqlalchemy as sa
 
+from mlops_backend.model_names import canonical
 from mlops_backend.usage import UsageStore, metadata
 from tests.support import AUTH, sse_events
 
@@ -268,11 +269,12 @@ def send(gateway, count: int, start: int = 0) -> list[tuple[str, str, int, int]]
 
 
 def expect(answers, base: dict | None = None) -> dict:
-    """The usage rows that `answers` add to `base`."""
+    """The usage rows that `answers` add to `base` (rows name the model as Ollama does: `llama3.2:latest`)."""
     expected = dict(base or {})
     for _, model, prompt, completion in answers:
-        total = expected.get(("default", model), (0, 0, 0, 0))
-        expected[("default", model)] = (total[0] + 1, total[1] + prompt, total[2] + completion, total[3])
+        row = ("default", canonical(model))
+        total = expected.get(row, (0, 0, 0, 0))
+        expected[row] = (total[0] + 1, total[1] + prompt, total[2] + completion, total[3])
     return expected
 
 

@@ -6,23 +6,28 @@ from flask import Blueprint, json, request
 from marshmallow import ValidationError
 
 from .. import observe, sse
-from ..auth import authenticate, require_model, require_scope
+from ..auth import authenticate, permit_model, require_scope
 from ..errors import ApiError, register_error_handlers
 from ..extensions import current_gateway
 
 bp = Blueprint("llm", __name__)
 register_error_handlers(bp)
 
-STATISTICS = ("done", "done_reason", "total_duration", "load_duration", "prompt_eval_count", "eval_count",
-              "eval_duration")
+STATISTICS = ("done", "done_reason", "total_duration", "load_duration", "prompt_eval_count",
+              "prompt_eval_duration", "eval_count", "eval_duration")
 GENERATE_FIELDS = ("model", "response", "thinking") + STATISTICS
 CHAT_FIELDS = ("model", "message") + STATISTICS
 EMBED_FIELDS = ("model", "embeddings", "prompt_eval_count")
+#: Left out of answers: generate's deprecated `context` (thousands of token ids nobody asked for).
+DROPPED = {"context"}
 
 
 def pick(result: dict, keys: tuple) -> dict:
-    """Keep the documented fields of an Ollama answer, in the documented order."""
-    return {key: result[key] for key in keys if key in result}
+    """The documented fields of an Ollama answer in the documented order, then every other one it sent
+    (newer statistics, logprobs, remote_model ...), so nothing Ollama reports is lost."""
+    answer = {key: result[key] for key in keys if key in result}
+    answer.update((key, value) for key, value in result.items() if key not in answer and key not in DROPPED)
+    return answer
 
 
 @bp.before_request
@@ -35,8 +40,7 @@ def guard():
 
 def use_model(model: str) -> str:
     """Check the key may use `model`, and note it for usage, metrics and the log line."""
-    observe.current().model = model
-    require_model(authenticate(current_gateway()), model)
+    permit_model(authenticate(current_gateway()), model)
     return model
 
 
@@ -89,6 +93,13 @@ def models():
     return {"models": key.visible(current_gateway().ollama.tags())}
 
 
+def generation(path: str, body: dict) -> dict:
+    """Run a whole generation, holding one of the key's slots for generations in flight."""
+    gateway = current_gateway()
+    observe.current().on_finish.append(gateway.limits.acquire_slot(authenticate(gateway)))
+    return counted(gateway.ollama.call(path, body))
+
+
 @bp.post("/api/llm/generate")
 def generate():
     """Generate a whole answer in one response.
@@ -107,7 +118,7 @@ def generate():
           application/json:
             schema: GenerateResponse
     """
-    return pick(counted(current_gateway().ollama.call("/api/generate", payload("generate"))), GENERATE_FIELDS)
+    return pick(generation("/api/generate", payload("generate")), GENERATE_FIELDS)
 
 
 @bp.post("/api/llm/stream")
@@ -120,16 +131,19 @@ def stream():
       content:
         application/json:
           schema: GenerateRequest
-          example: {"model": "llama3.2", "prompt": "Why is the sky blue?"}
+          examples:
+            answer: {value: {"model": "llama3.2", "prompt": "Why is the sky blue?"}}
+            thinking: {value: {"model": "qwen3", "prompt": "Why is the sky blue?", "think": true}}
     responses:
       200:
         description: |
           `text/event-stream`. Each event is one `data:` line holding a JSON object, then a blank line:
           `{"text": "..."}` per piece of the answer, `{"thinking": "..."}` per piece of a thinking
-          model's reasoning, and finally either `{"done": true, "done_reason", "total_duration",
-          "load_duration", "prompt_eval_count", "eval_count", "eval_duration"}` or
-          `{"error": {"title", "status", "detail"}, "done": true}`. Lines starting with `:` are
-          heartbeats sent while Ollama is silent; ignore them.
+          model's reasoning (either may carry `logprobs`), and finally either `{"done": true, ...}` with
+          every statistic Ollama sent (`done_reason`, `total_duration`, `load_duration`,
+          `prompt_eval_count`, `prompt_eval_duration`, `eval_count`, `eval_duration`, ...) or
+          `{"error": {"title", "status", "detail"}, "done": true}`. Objects may gain fields. Lines
+          starting with `:` are heartbeats sent while Ollama is silent; ignore them.
         content:
           text/event-stream:
             schema: StreamEvent
@@ -139,11 +153,11 @@ def stream():
 
 
 def relay(path: str, body: dict, **framing):
-    """Answer with the SSE relay of a streamed Ollama call, holding one of the key's stream slots."""
+    """Answer with the SSE relay of a streamed Ollama call, holding one of the key's slots."""
     gateway = current_gateway()
     config = gateway.config
     observation = observe.current()
-    observation.on_finish.append(gateway.limits.acquire_stream(authenticate(gateway)))
+    observation.on_finish.append(gateway.limits.acquire_slot(authenticate(gateway)))
     return sse.stream_response(lambda: gateway.ollama.open_stream(path, body), config.sse_heartbeat_seconds,
                                config.stream_status_wait, observation, **framing)
 
@@ -200,7 +214,7 @@ def chat():
           application/json:
             schema: ChatResponse
     """
-    return pick(counted(current_gateway().ollama.call("/api/chat", payload("chat"))), CHAT_FIELDS)
+    return pick(generation("/api/chat", payload("chat")), CHAT_FIELDS)
 
 
 @bp.post("/api/llm/chat/stream")
@@ -213,16 +227,22 @@ def chat_stream():
       content:
         application/json:
           schema: ChatRequest
-          example: {"messages": [{"role": "user", "content": "Tell me a joke."}]}
+          examples:
+            joke: {value: {"messages": [{"role": "user", "content": "Tell me a joke."}]}}
+            tool call:
+              value: {"messages": [{"role": "user", "content": "What is the weather in Tokyo?"}],
+                      "tools": [{"type": "function", "function": {"name": "get_weather",
+                                 "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]}
     responses:
       200:
         description: |
           `text/event-stream`: `{"text"}` per piece of the answer, `{"thinking"}` per piece of
-          reasoning, `{"tool_calls": [...]}` when the model calls tools, then the final
-          `{"done": true, ...statistics}` or `{"error": {...}, "done": true}`; `:` lines are heartbeats.
+          reasoning (either may carry `logprobs`), `{"tool_calls": [...]}` when the model calls tools,
+          then the final `{"done": true, ...statistics}` or `{"error": {...}, "done": true}`; objects
+          may gain fields; `:` lines are heartbeats.
         content:
           text/event-stream:
-            schema: StreamEvent
+            schema: ChatStreamEvent
     """
     return relay("/api/chat", payload("chat"))
 
@@ -251,7 +271,7 @@ def embed():
     if size > limit:
         raise ApiError(413, "Inputs too large", f"The inputs total {size} bytes; EMBED_MAX_BYTES is {limit}",
                        slug="inputs-too-large")
-    return pick(counted(current_gateway().ollama.call("/api/embed", body)), EMBED_FIELDS)
+    return pick(generation("/api/embed", body), EMBED_FIELDS)
 
 
 @bp.post("/api/llm/models/pull")

@@ -1,50 +1,66 @@
 """Ollama's own API under /ollama/, behind our keys: for ollama-python, ollama-js, LangChain, Open WebUI.
 
 Requests and answers pass unchanged (see passthrough.py); errors the gateway itself raises come
-in Ollama's shape, `{"error": "..."}`, which those clients read.
+in Ollama's shape, `{"error": "..."}`, which those clients read. Only the routes route_policy.py
+lists are relayed, each for the scope it names; every other route answers 403.
 """
 
 from __future__ import annotations
 
 import re
 
-from flask import Blueprint, json, request
+from flask import Blueprint, request
 
-from .. import observe, passthrough
-from ..auth import authenticate, require_model, require_scope
+from .. import passthrough
+from ..auth import authenticate, permit_model, require_cloud_tools, require_scope
 from ..errors import ApiError, ollama_error, register_error_handlers
 from ..extensions import current_gateway
+from ..json_body import field, parse_object
+from ..route_policy import allowed_methods, required_scope
 
 bp = Blueprint("ollama", __name__)
 register_error_handlers(bp, render=ollama_error)
 
-#: Routes that change what Ollama has installed: admin scope.
-ADMIN_ROUTES = {"pull", "push", "create", "copy", "delete"}
 #: Routes that stream unless the body says "stream": false.
 STREAMING_ROUTES = {"generate", "chat", "pull", "push", "create"}
+#: Routes that run a model: each holds one of the key's slots for generations in flight.
+GENERATION_ROUTES = {"generate", "chat", "embed", "embeddings"}
 #: Routes whose answer lists models, filtered to a key's allow-list.
 MODEL_LISTS = {"tags", "ps"}
-#: Body fields that name models: checked against a key's allow-list.
-MODEL_FIELDS = ("model", "name", "source", "destination")
-#: A route as Ollama names them: no empty, dot or trailing segments that could dodge the scope check.
+#: Body fields that name models (copy's source and destination, create's from): each is checked.
+MODEL_FIELDS = ("model", "name", "source", "destination", "from")
+#: A route as Ollama names them: no empty, dot or trailing segments.
 _ROUTE = re.compile(r"^[a-z]+(/[A-Za-z0-9:._-]*[A-Za-z0-9_-])*$")
 
 
 @bp.before_request
 def guard():
-    """Cap the body, check the key and the scope the route needs."""
+    """Cap the body, check the key, and the scope its route needs (no scope opens an unlisted route)."""
     gateway = current_gateway()
     request.max_content_length = gateway.config.max_body_bytes
-    route = (request.view_args or {}).get("route", "")
-    scope = "admin" if route in ADMIN_ROUTES or route.startswith("blobs") else "use"
-    require_scope(authenticate(gateway), scope)
-    if route and (not _ROUTE.match(route) or ".." in route):
+    key = authenticate(gateway)
+    if request.method == "OPTIONS":
+        return
+    route = (request.view_args or {}).get("route")
+    if route is not None and (not _ROUTE.match(route) or ".." in route):
         raise ApiError(404, "Not Found", f"no route /api/{route}", slug="not-found")
-    if route.startswith("blobs") or request.method == "HEAD":
-        # Blob uploads are raw files beyond MAX_BODY_BYTES, and HEAD answers carry no body the relay
-        # could wait for: neither is relayed.
-        raise ApiError(501, "Not Implemented", "blob uploads and HEAD are not relayed by the gateway",
-                       slug="not-relayed")
+    require_route(key, "/ollama/" + ("" if route is None else "api/" + route))
+
+
+def require_route(key, path: str) -> None:
+    """Refuse a route no key may call (403), a wrong method (405), or a key without its scope (403)."""
+    extra = current_gateway().config.open_upstream_routes
+    scope = required_scope(request.method, path, extra)
+    if scope is None:
+        methods = allowed_methods(path, extra)
+        if methods:
+            raise ApiError(405, "Method Not Allowed", f"{request.method} is not allowed on {path}",
+                           slug="method-not-allowed", headers={"Allow": ", ".join(methods)})
+        raise ApiError(403, "Forbidden", f"{request.method} {path} is not relayed to any key "
+                       "(OPEN_UPSTREAM_ROUTES can open it)", slug="route-closed")
+    require_scope(key, "use" if scope == "cloud" else scope)
+    if scope == "cloud":
+        require_scope(key, "cloud")
 
 
 @bp.get("/ollama/")
@@ -55,51 +71,42 @@ def root():
     responses:
       200: {description: "Ollama's answer, unchanged."}
     """
-    return passthrough.relay("GET", "/", b"", passthrough.OLLAMA, streaming=False)
+    return passthrough.relay("GET", "/", b"", passthrough.OLLAMA, streaming=False, slot=False)
 
 
 @bp.route("/ollama/api/<path:route>", methods=["GET", "POST", "DELETE"])
 def api(route):
-    """Any Ollama /api/ route, relayed unchanged (pull, push, create, copy, delete and blobs need admin).
+    """An Ollama /api/ route, relayed unchanged (see the README for which routes each scope may call).
     ---
     tags: [ollama]
     description: |
       The body and the answer are Ollama's own: NDJSON streams stay NDJSON, passed on as they
-      arrive. The key's model allow-list applies to the `model` named in the body, and filters
-      `/api/tags` and `/api/ps`. Errors raised by the gateway are `{"error": "..."}`.
+      arrive. The key's model allow-list applies to every field that names a model (`model`,
+      `name`, `source`, `destination`, `from`), and filters `/api/tags` and `/api/ps`. Routes
+      not listed for a scope answer 403. Errors raised by the gateway are `{"error": "..."}`.
     responses:
       200: {description: "Ollama's answer, unchanged."}
     """
     key = authenticate(current_gateway())
     raw = request.get_data(cache=False)
-    body = json_object(raw) if raw else {}
-    for field in model_fields(body, MODEL_FIELDS):
-        if isinstance(body.get(field), str) and body[field]:
-            observe.current().model = observe.current().model or body[field]
-            require_model(key, body[field])
+    body = parse_object(raw) if raw else {}
+    check_models(key, body, MODEL_FIELDS)
     keep = None
     if route in MODEL_LISTS and key.models is not None:
         def keep(answer):
             answer["models"] = key.visible(answer.get("models") or [])
             return answer
-    streaming = route in STREAMING_ROUTES and body.get("stream", True) is not False
-    return passthrough.relay(request.method, "/api/" + route, raw, passthrough.OLLAMA, streaming, keep)
+    streaming = route in STREAMING_ROUTES and field(body, "stream", True) is not False
+    # HEAD gets GET's answer without its body (Werkzeug drops it), as Ollama's own HEAD routes do.
+    method = "GET" if request.method == "HEAD" else request.method
+    return passthrough.relay(method, "/api/" + route, raw, passthrough.OLLAMA, streaming=streaming,
+                             slot=streaming or route in GENERATION_ROUTES, keep=keep)
 
 
-def model_fields(body: dict, fields: tuple) -> tuple:
-    """The model-naming fields, refusing a variant spelling: Ollama (Go) matches JSON keys without
-    regard to case, so {"model": "a", "MODEL": "b"} would pass our check as a and run b."""
-    for key in body:
-        if key.lower() in fields and key not in fields:
-            raise ApiError(400, "Ambiguous field", f"{key!r}: write it as {key.lower()!r}", slug="ambiguous-field")
-    return fields
-
-
-def json_object(raw: bytes) -> dict:
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise ApiError(400, "Malformed JSON", f"invalid JSON body: {exc}", slug="malformed-json") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "Malformed JSON", "the body must be a JSON object", slug="malformed-json")
-    return body
+def check_models(key, body: dict, fields: tuple) -> None:
+    """Check every field naming a model, as Ollama will read it, and the tools that run on ollama.com."""
+    for name in fields:
+        model = field(body, name)
+        if isinstance(model, str) and model.strip():
+            permit_model(key, model)
+    require_cloud_tools(key, field(body, "tools"))

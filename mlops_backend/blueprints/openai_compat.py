@@ -7,16 +7,22 @@ the gateway itself raises come in OpenAI's shape, `{"error": {"message", "type",
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from flask import Blueprint, request
 
-from .. import observe, passthrough
-from ..auth import authenticate, require_model, require_scope
-from ..errors import openai_error, register_error_handlers
+from .. import passthrough
+from ..auth import authenticate, permit_model
+from ..errors import ApiError, openai_error, register_error_handlers
 from ..extensions import current_gateway
-from .ollama_native import json_object, model_fields
+from ..json_body import field, parse_object
+from .ollama_native import check_models, require_route
 
 bp = Blueprint("openai", __name__)
 register_error_handlers(bp, render=openai_error)
+
+#: Routes that run a model: each holds one of the key's slots for generations in flight.
+GENERATION_ROUTES = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings"}
 
 
 @bp.before_request
@@ -24,19 +30,24 @@ def guard():
     """Cap the body; check the key (`Authorization: Bearer`, as the SDKs send it, or X-API-Key)."""
     gateway = current_gateway()
     request.max_content_length = gateway.config.max_body_bytes
-    require_scope(authenticate(gateway), "use")
+    authenticate(gateway)
+
+
+def _key(path: str):
+    """The request's key, once it may call `path` (each view names the upstream route it relays)."""
+    key = authenticate(current_gateway())
+    require_route(key, path)
+    return key
 
 
 def _relay_post(path: str):
-    key = authenticate(current_gateway())
+    key = _key(path)
     raw = request.get_data(cache=False)
-    body = json_object(raw)
-    model_fields(body, ("model",))
-    model = body.get("model")
-    if isinstance(model, str) and model:
-        observe.current().model = model
-        require_model(key, model)
-    return passthrough.relay("POST", path, raw, passthrough.OPENAI, streaming=body.get("stream") is True)
+    body = parse_object(raw)
+    check_models(key, body, ("model",))
+    streaming = field(body, "stream") is True
+    return passthrough.relay("POST", quote(path, safe="/:"), raw, passthrough.OPENAI, streaming=streaming,
+                             slot=streaming or path in GENERATION_ROUTES)
 
 
 @bp.post("/v1/chat/completions")
@@ -80,13 +91,13 @@ def models():
     responses:
       200: {description: "`{\\"object\\": \\"list\\", \\"data\\": [...]}`"}
     """
-    key = authenticate(current_gateway())
+    key = _key("/v1/models")
     keep = None
     if key.models is not None:
         def keep(answer):
             answer["data"] = key.visible(answer.get("data") or [], field="id")
             return answer
-    return passthrough.relay("GET", "/v1/models", b"", passthrough.OPENAI, streaming=False, keep=keep)
+    return passthrough.relay("GET", "/v1/models", b"", passthrough.OPENAI, streaming=False, slot=False, keep=keep)
 
 
 @bp.get("/v1/models/<path:model>")
@@ -97,6 +108,24 @@ def model(model):
     responses:
       200: {description: "Ollama's OpenAI-compatible answer, unchanged."}
     """
-    observe.current().model = model
-    require_model(authenticate(current_gateway()), model)
-    return passthrough.relay("GET", "/v1/models/" + model, b"", passthrough.OPENAI, streaming=False)
+    permit_model(_key("/v1/models/" + model), model)
+    return passthrough.relay("GET", "/v1/models/" + quote(model, safe=":"), b"", passthrough.OPENAI,
+                             streaming=False, slot=False)
+
+
+@bp.route("/v1/<path:route>", methods=["GET", "POST", "DELETE"])
+def other(route):
+    """Any other /v1 route: 403 unless OPEN_UPSTREAM_ROUTES opens it, then relayed like the routes above.
+    ---
+    tags: [openai]
+    responses:
+      200: {description: "Ollama's OpenAI-compatible answer, unchanged."}
+    """
+    if "//" in route or route.startswith(".") or "/." in route:
+        raise ApiError(404, "Not Found", f"no route /v1/{route}", slug="not-found")
+    if request.method == "POST":
+        return _relay_post("/v1/" + route)
+    _key("/v1/" + route)
+    method = "GET" if request.method == "HEAD" else request.method
+    return passthrough.relay(method, "/v1/" + quote(route, safe="/:"), b"", passthrough.OPENAI, streaming=False,
+                             slot=False)
