@@ -1,4 +1,9 @@
-"""Build the OpenAPI 3 document from the views' docstrings and the marshmallow schemas; serve the UIs."""
+"""Build the OpenAPI document from the views' docstrings and the marshmallow schemas; serve the UIs.
+
+`/openapi.json` is OpenAPI 3.2, the first version that can describe an event stream item by item
+(`itemSchema`); `/openapi.json?openapi=3.0` is the same document as OpenAPI 3.0.3, for the Swagger UI
+flasgger bundles (3.28, which renders nothing but 3.0.x), and `/docs` loads that one.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +15,19 @@ import yaml
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from flasgger import Swagger
-from flask import Blueprint, current_app, render_template_string, send_file, url_for
+from flask import Blueprint, current_app, has_request_context, render_template_string, request, send_file, url_for
 from marshmallow import Schema
 
 from . import __version__, responses, schemas
+from .errors import ApiError
 
 STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
 REDOC_JS = os.path.join(STATIC_DIR, "redoc", "redoc.standalone.js")
 EXTENSION_KEY = "mlops_backend.openapi"
+#: The document's version, and the one of the rendition for flasgger's Swagger UI (`?openapi=3.0`).
+OPENAPI_VERSION = "3.2.0"
+SWAGGER_UI_OPENAPI_VERSION = "3.0.3"
+EVENT_STREAM = "text/event-stream"
 
 DESCRIPTION = """An authenticated gateway in front of an Ollama server.
 
@@ -33,6 +43,23 @@ BODY_ERRORS = {"400": "Malformed JSON or a body that is not a JSON object", "413
 OLLAMA_ERRORS = {"404": "Unknown model", "502": "Ollama failed or answered badly",
                  "503": "Ollama unreachable, or busy (with Retry-After)", "504": "Ollama timed out"}
 
+#: The docstrings of views we do not write (flasgger's): summary line, then YAML after `---`.
+DOCSTRINGS = {"flasgger.openapi": """The OpenAPI document: OpenAPI 3.2, or 3.0.3 with `?openapi=3.0`.
+---
+parameters:
+  - name: openapi
+    in: query
+    required: false
+    schema: {type: string, enum: ["3.0"]}
+    description: "`3.0`: the same document as OpenAPI 3.0.3 (what /docs reads), event streams described less exactly"
+responses:
+  200:
+    description: The document.
+    content:
+      application/json:
+        schema: {type: object}
+"""}
+
 bp = Blueprint("docs", __name__)
 
 
@@ -40,33 +67,48 @@ class GatewaySwagger(Swagger):
     """Flasgger's Swagger UI, fed the apispec document instead of flasgger's own parse."""
 
     def get_apispecs(self, endpoint="openapi"):
+        if request.args.get("openapi") == "3.0":
+            return openapi_document(current_app, SWAGGER_UI_OPENAPI_VERSION)
         return openapi_document(current_app)
+
+
+def _swagger_ui_reads_3_0(endpoint: str, values: dict) -> None:
+    """Point the Swagger UI page (and only it) at the 3.0.3 rendition: url_for("flasgger.openapi")
+    gains `?openapi=3.0` there, so a SCRIPT_NAME prefix still applies."""
+    if endpoint == "flasgger.openapi" and has_request_context() and request.endpoint == "flasgger.apidocs":
+        values.setdefault("openapi", "3.0")
 
 
 def init_docs(app) -> None:
     """Register /openapi.json, Swagger UI at /docs and ReDoc at /redoc."""
     app.register_blueprint(bp)
+    app.url_defaults(_swagger_ui_reads_3_0)
     GatewaySwagger(app, merge=True, config={
         "specs": [{"endpoint": "openapi", "route": "/openapi.json"}],
         "specs_route": "/docs/",
         "title": "mlops-backend API",
-        "openapi": "3.0.3",
+        "openapi": SWAGGER_UI_OPENAPI_VERSION,
         "static_url_path": "/docs/static",
         "uiversion": 3,
         "hide_top_bar": True,
         "ui_params": {"persistAuthorization": True},
+        # flasgger's page writes this into its script as is: without it, `let auth_config = None;` throws
+        # a ReferenceError there (and window.ui is never set).
+        "auth": {},
     })
 
 
-def openapi_document(app) -> dict:
-    """Return the OpenAPI document for every route of `app`, built once per app."""
-    if EXTENSION_KEY not in app.extensions:
-        app.extensions[EXTENSION_KEY] = _build(app)
-    return app.extensions[EXTENSION_KEY]
+def openapi_document(app, version: str = OPENAPI_VERSION) -> dict:
+    """Return the OpenAPI document for every route of `app` (OPENAPI_VERSION or SWAGGER_UI_OPENAPI_VERSION),
+    built once per app and version."""
+    built = app.extensions.setdefault(EXTENSION_KEY, {})
+    if version not in built:
+        built[version] = _build(app, version)
+    return built[version]
 
 
-def _build(app) -> dict:
-    spec = APISpec(title="mlops-backend", version=__version__, openapi_version="3.0.3",
+def _build(app, version: str = OPENAPI_VERSION) -> dict:
+    spec = APISpec(title="mlops-backend", version=__version__, openapi_version=version,
                    plugins=[MarshmallowPlugin()], info={"description": DESCRIPTION})
     spec.components.security_scheme("ApiKeyAuth", {"type": "apiKey", "in": "header", "name": "X-API-Key"})
     spec.components.security_scheme("BearerAuth", {"type": "http", "scheme": "bearer"})
@@ -89,12 +131,38 @@ def _build(app) -> dict:
         spec.path(path=path, operations=operations)
     document = spec.to_dict()
     document["security"] = [{"ApiKeyAuth": []}, {"BearerAuth": []}]
+    if not version.startswith("3.0."):  # 3.2: each event of a stream, its data the JSON of the YAML's schema
+        for operation in (op for methods in document["paths"].values() for op in methods.values()):
+            for response in operation["responses"].values():
+                media = response.get("content", {}).get(EVENT_STREAM)
+                if media and "schema" in media:
+                    media["itemSchema"] = _event(media.pop("schema"))
     return document
+
+
+def _event(data_schema: dict) -> dict:
+    """One Server-Sent Event as OpenAPI 3.2 models it (the fields a client's SSE parser gives it), whose
+    `data` is the JSON text of an object `data_schema` describes.
+
+    In a view's YAML, the `schema` of `text/event-stream` names that object; the 3.0.3 rendition keeps it
+    there, as 3.0 has no way to say more.
+    """
+    return {
+        "type": "object",
+        "description": "One event: a single `data:` line holding one JSON object, then a blank line. The gateway "
+                       "sets no `event`, `id` or `retry`, and its heartbeats (`: keep-alive` comment lines) are "
+                       "not events.",
+        "required": ["data"],
+        "properties": {
+            "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data_schema},
+            "event": {"type": "string", "description": "Always the default, `message`"},
+        },
+    }
 
 
 def _operation(view, rule) -> dict:
     """Read a view's docstring: summary line, then YAML after `---`; add the errors it can give."""
-    doc = inspect.getdoc(view) or rule.endpoint
+    doc = DOCSTRINGS.get(rule.endpoint) or inspect.getdoc(view) or rule.endpoint
     summary, _, rest = doc.partition("\n")
     yaml_text = rest.split("---", 1)[1] if "---" in rest else ""
     operation = yaml.safe_load(yaml_text) or {}
@@ -145,6 +213,10 @@ def redoc():
 
 @bp.get("/redoc/redoc.standalone.js")
 def redoc_js():
-    """ReDoc's standalone bundle (from the npm package redoc)."""
-    return send_file(REDOC_JS, mimetype="text/javascript", max_age=86400)
+    """ReDoc's standalone bundle (from the npm package redoc); 404 where it is not installed."""
+    try:
+        return send_file(REDOC_JS, mimetype="text/javascript", max_age=86400)
+    except FileNotFoundError:
+        raise ApiError(404, "Not Found", "ReDoc's bundle is not installed on this server "
+                       "(scripts/fetch-redoc.sh fetches it)", slug="not-found") from None
 

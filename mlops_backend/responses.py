@@ -14,19 +14,27 @@ class Statistics(Schema):
     total_duration = fields.Integer(metadata={"example": 5043500667})
     load_duration = fields.Integer(metadata={"example": 5025959})
     prompt_eval_count = fields.Integer(metadata={"example": 26})
+    prompt_eval_duration = fields.Integer(metadata={"example": 18000000})
     eval_count = fields.Integer(metadata={"example": 290})
     eval_duration = fields.Integer(metadata={"example": 4709213000})
 
 
 class GenerateResponse(Statistics):
-    """A whole generation."""
+    """A whole generation, with every other field Ollama sent."""
+
+    class Meta:
+        unknown = INCLUDE
 
     model = fields.String(metadata={"example": "llama3.2"})
     response = fields.String(metadata={"example": "The sky is blue because of Rayleigh scattering."})
+    thinking = fields.String(metadata={"description": "A thinking model's reasoning"})
     done = fields.Boolean(metadata={"example": True})
 
 
 class AssistantMessage(Schema):
+    class Meta:
+        unknown = INCLUDE
+
     role = fields.String(metadata={"example": "assistant"})
     content = fields.String(metadata={"example": "Because of Rayleigh scattering."})
     thinking = fields.String()
@@ -34,7 +42,10 @@ class AssistantMessage(Schema):
 
 
 class ChatResponse(Statistics):
-    """A whole chat answer."""
+    """A whole chat answer, with every other field Ollama sent."""
+
+    class Meta:
+        unknown = INCLUDE
 
     model = fields.String(metadata={"example": "llama3.2"})
     message = fields.Nested(AssistantMessage)
@@ -42,25 +53,53 @@ class ChatResponse(Statistics):
 
 
 class EmbedResponse(Schema):
+    """The vectors, with every other field Ollama sent."""
+
+    class Meta:
+        unknown = INCLUDE
+
     model = fields.String(metadata={"example": "all-minilm"})
     embeddings = fields.List(fields.List(fields.Float()), metadata={"example": [[0.0101, -0.0017, 0.0304]]})
     prompt_eval_count = fields.Integer(metadata={"example": 8})
 
 
 class StreamError(Schema):
-    title = fields.String(metadata={"example": "Ollama timed out"})
-    status = fields.Integer(metadata={"example": 504})
-    detail = fields.String(metadata={"example": "Ollama sent nothing for 300.0 s"})
+    """Why a started stream ended early: the status and title it would have had as a problem."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    title = fields.String(required=True, metadata={"example": "Ollama timed out"})
+    status = fields.Integer(required=True, metadata={"example": 504})
+    detail = fields.String(required=True, metadata={"example": "Ollama sent nothing for 300.0 s"})
 
 
 class StreamEvent(Statistics):
-    """The JSON of one SSE `data:` line; exactly one of text, thinking, tool_calls, done or error leads."""
+    """The JSON object of one event of /api/llm/stream: `{"text"}` (a piece of the answer) or
+    `{"thinking"}` (a piece of the reasoning), either may carry `logprobs`; then the final event,
+    `{"done": true, ...}` with every statistic Ollama sent, or `{"error": {...}, "done": true}`.
+    Other fields may appear."""
+
+    class Meta:
+        unknown = INCLUDE
 
     text = fields.String(metadata={"description": "A piece of the answer", "example": "The"})
     thinking = fields.String(metadata={"description": "A piece of a thinking model's reasoning"})
-    tool_calls = fields.List(fields.Nested(ToolCall), metadata={"description": "Tools the model calls (chat)"})
+    logprobs = fields.List(fields.Dict(), metadata={
+        "description": "Ollama's log probabilities of the piece's tokens, when the request asked for them"})
     done = fields.Boolean(metadata={"description": "True on the final event (statistics or error)"})
     error = fields.Nested(StreamError, metadata={"description": "Why a started stream ended early"})
+
+
+class ChatStreamEvent(StreamEvent):
+    """The JSON object of one event of /api/llm/chat/stream: the events of /api/llm/stream, and
+    `{"tool_calls": [...]}` when the model calls tools. Other fields may appear."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    tool_calls = fields.List(fields.Nested(ToolCall), metadata={
+        "description": "Tools the model calls (each call as Ollama sent it, with its `id` where it has one)"})
 
 
 class ModelDetails(Schema):
@@ -138,7 +177,10 @@ class FieldError(Schema):
 
 
 class Problem(Schema):
-    """RFC 9457 problem details: the body of every error."""
+    """RFC 9457 problem details: the body of every error (a problem may carry extension members)."""
+
+    class Meta:
+        unknown = INCLUDE
 
     type = fields.String(metadata={"example": "urn:mlops-backend:problem:validation-error"})
     title = fields.String(metadata={"example": "Invalid request body"})
@@ -149,14 +191,19 @@ class Problem(Schema):
 
 
 class PullEvent(Schema):
-    """One event of /api/llm/models/pull: progress, then `{"done": true, "status": "success"}` or an error."""
+    """The JSON object of one event of /api/llm/models/pull: `{"status", "digest"?, "total"?, "completed"?}`
+    per progress line, then `{"done": true, "status": "success"}` or `{"error": {...}, "done": true}`.
+    Other fields may appear."""
+
+    class Meta:
+        unknown = INCLUDE
 
     status = fields.String(metadata={"example": "pulling dde5aa3fc5ff"})
     digest = fields.String(metadata={"example": "sha256:dde5aa3fc5ff"})
     total = fields.Integer(metadata={"description": "Bytes in this layer", "example": 2019377376})
     completed = fields.Integer(metadata={"description": "Bytes of this layer downloaded so far"})
-    done = fields.Boolean()
-    error = fields.Nested(StreamError)
+    done = fields.Boolean(metadata={"description": "True on the final event (success or error)"})
+    error = fields.Nested(StreamError, metadata={"description": "Why the pull failed"})
 
 
 class UsageRow(Schema):

@@ -6,13 +6,59 @@ import re
 
 from openapi_spec_validator import validate
 
+from mlops_backend import docs
 from mlops_backend.docs import REDOC_JS
+
+#: The event streams and the object each event's data carries.
+STREAMS = {"/api/llm/stream": "StreamEvent", "/api/llm/chat/stream": "ChatStreamEvent",
+           "/api/llm/models/pull": "PullEvent"}
 
 
 def test_document_is_valid_openapi_3(client):
     document = client.get("/openapi.json").get_json()
-    assert document["openapi"].startswith("3.")
+    assert document["openapi"] == "3.2.0"
     validate(document)
+
+
+def test_swagger_ui_reads_a_valid_3_0_rendition(client):
+    """flasgger's Swagger UI (3.28) renders only documents whose `openapi` starts with "3.0.": /docs
+    loads the 3.0.3 rendition, which validates as 3.0 and says the same but for the streams' items."""
+    page = client.get("/docs/").get_data(as_text=True)
+    (url,) = re.findall(r'\burl: "([^"]+)"', page)
+    assert url == "/openapi.json?openapi=3.0"
+    document = client.get(url).get_json()
+    assert document["openapi"] == "3.0.3"
+    validate(document)
+    full = client.get("/openapi.json").get_json()
+    assert document["paths"].keys() == full["paths"].keys()
+    assert document["components"]["schemas"].keys() == full["components"]["schemas"].keys()
+    for path, name in STREAMS.items():
+        media = document["paths"][path]["post"]["responses"]["200"]["content"]["text/event-stream"]
+        assert media["schema"] == {"$ref": f"#/components/schemas/{name}"} and "itemSchema" not in media
+    # ReDoc (2.5.4 reads 3.2 documents) keeps the full one.
+    assert '<redoc spec-url="/openapi.json">' in client.get("/redoc").get_data(as_text=True)
+
+
+def test_each_event_of_a_stream_is_described_with_its_json_data(client):
+    """OpenAPI 3.2: `itemSchema` describes one event as SSE parsers give it, its `data` the JSON text of
+    an open object (the relay may add fields) naming every field the gateway sends."""
+    document = client.get("/openapi.json").get_json()
+    schemas = document["components"]["schemas"]
+    for path, name in STREAMS.items():
+        media = document["paths"][path]["post"]["responses"]["200"]["content"]["text/event-stream"]
+        assert "schema" not in media, path
+        item = media["itemSchema"]
+        assert item["type"] == "object" and item["required"] == ["data"], path
+        assert item["properties"]["data"] == {"type": "string", "contentMediaType": "application/json",
+                                              "contentSchema": {"$ref": f"#/components/schemas/{name}"}}, path
+        assert schemas[name]["additionalProperties"] is True, name
+    statistics = {"done_reason", "total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration",
+                  "eval_count", "eval_duration"}
+    assert {"text", "thinking", "logprobs", "done", "error"} | statistics <= schemas["StreamEvent"]["properties"].keys()
+    assert schemas["StreamEvent"]["properties"].keys() | {"tool_calls"} == schemas["ChatStreamEvent"]["properties"].keys()
+    assert {"status", "digest", "total", "completed", "done", "error"} <= schemas["PullEvent"]["properties"].keys()
+    error = schemas["StreamError"]
+    assert set(error["required"]) == {"title", "status", "detail"} and error["additionalProperties"] is True
 
 
 def test_every_route_is_documented(app, client):
@@ -66,6 +112,22 @@ def test_redoc_is_served_locally(client):
     with client.get("/redoc/redoc.standalone.js") as response, open(REDOC_JS, "rb") as bundle:
         assert response.status_code == 200 and len(response.data) > 500_000
         assert bundle.read(100) == response.data[:100]
+
+
+def test_a_missing_redoc_bundle_is_a_404_problem_and_redoc_still_answers(client, monkeypatch, tmp_path):
+    """Where scripts/fetch-redoc.sh has not run, the bundle's route is a 404 problem (it was a 500), and
+    /redoc says how to install it and where the document and Swagger UI are."""
+    monkeypatch.setattr(docs, "REDOC_JS", str(tmp_path / "redoc" / "redoc.standalone.js"))
+    response = client.get("/redoc/redoc.standalone.js")
+    assert response.status_code == 404 and response.mimetype == "application/problem+json"
+    problem = response.get_json()
+    assert problem["status"] == 404 and problem["type"].endswith(":not-found"), problem
+    assert "fetch-redoc.sh" in problem["detail"] and problem["request_id"] == response.headers["X-Request-ID"]
+    page = client.get("/redoc")
+    assert page.status_code == 200
+    text = page.get_data(as_text=True)
+    assert "scripts/fetch-redoc.sh" in text and "<script" not in text and "<redoc" not in text
+    assert 'href="/openapi.json"' in text and 'href="/docs/"' in text
 
 
 def test_every_non_streaming_example_works_as_try_it_out_would_send_it(app, client):
