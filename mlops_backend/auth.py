@@ -9,6 +9,7 @@ from .errors import ApiError
 from .keys import ApiKey
 from .json_body import field, unambiguous
 from .model_names import is_cloud
+from .route_policy import allowed_methods, required_scope
 
 SCHEME = "ApiKey"
 CHALLENGE = f'{SCHEME} header="X-API-Key", Bearer realm="mlops-backend"'
@@ -77,6 +78,30 @@ def permit_model(key: ApiKey, model: str) -> None:
     observation.model = observation.model or model
     require_model(key, model)
     observation.model_allowed = True
+
+
+def permit_body(key: ApiKey, body: dict, fields: tuple) -> None:
+    """Check every field of a pass-through body that names a model, as Ollama reads it, and its tools."""
+    for name in fields:
+        model = field(body, name)
+        if isinstance(model, str) and model.strip():
+            permit_model(key, model)
+    require_cloud_tools(key, field(body, "tools"))
+
+
+def require_route(key: ApiKey, method: str, path: str, extra: tuple = ()) -> None:
+    """Refuse a pass-through route no scope lists (403), a wrong method (405), or a key without its scope."""
+    scope = required_scope(method, path, extra)
+    if scope is None:
+        methods = allowed_methods(path, extra)
+        if methods:
+            raise ApiError(405, "Method Not Allowed", f"{method} is not allowed on {path}", slug="method-not-allowed",
+                           headers={"Allow": ", ".join(methods)})
+        raise ApiError(403, "Forbidden", f"{method} {path} is not relayed to any key (OPEN_UPSTREAM_ROUTES can open it)",
+                       slug="route-closed")
+    require_scope(key, "use" if scope == "cloud" else scope)
+    if scope == "cloud":
+        require_scope(key, "cloud")
 
 
 def require_cloud_tools(key: ApiKey, tools) -> None:

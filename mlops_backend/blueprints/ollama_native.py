@@ -12,11 +12,10 @@ import re
 from flask import Blueprint, request
 
 from .. import passthrough
-from ..auth import authenticate, permit_model, require_cloud_tools, require_scope
+from ..auth import authenticate, permit_body, require_route
 from ..errors import ApiError, ollama_error, register_error_handlers
 from ..extensions import current_gateway
 from ..json_body import field, parse_object
-from ..route_policy import allowed_methods, required_scope
 
 bp = Blueprint("ollama", __name__)
 register_error_handlers(bp, render=ollama_error)
@@ -44,23 +43,8 @@ def guard():
     route = (request.view_args or {}).get("route")
     if route is not None and (not _ROUTE.match(route) or ".." in route):
         raise ApiError(404, "Not Found", f"no route /api/{route}", slug="not-found")
-    require_route(key, "/ollama/" + ("" if route is None else "api/" + route))
-
-
-def require_route(key, path: str) -> None:
-    """Refuse a route no key may call (403), a wrong method (405), or a key without its scope (403)."""
-    extra = current_gateway().config.open_upstream_routes
-    scope = required_scope(request.method, path, extra)
-    if scope is None:
-        methods = allowed_methods(path, extra)
-        if methods:
-            raise ApiError(405, "Method Not Allowed", f"{request.method} is not allowed on {path}",
-                           slug="method-not-allowed", headers={"Allow": ", ".join(methods)})
-        raise ApiError(403, "Forbidden", f"{request.method} {path} is not relayed to any key "
-                       "(OPEN_UPSTREAM_ROUTES can open it)", slug="route-closed")
-    require_scope(key, "use" if scope == "cloud" else scope)
-    if scope == "cloud":
-        require_scope(key, "cloud")
+    require_route(key, request.method, "/ollama/" + ("" if route is None else "api/" + route),
+                  gateway.config.open_upstream_routes)
 
 
 @bp.get("/ollama/")
@@ -90,7 +74,7 @@ def api(route):
     key = authenticate(current_gateway())
     raw = request.get_data(cache=False)
     body = parse_object(raw) if raw else {}
-    check_models(key, body, MODEL_FIELDS)
+    permit_body(key, body, MODEL_FIELDS)
     keep = None
     if route in MODEL_LISTS and key.models is not None:
         def keep(answer):
@@ -101,12 +85,3 @@ def api(route):
     method = "GET" if request.method == "HEAD" else request.method
     return passthrough.relay(method, "/api/" + route, raw, passthrough.OLLAMA, streaming=streaming,
                              slot=streaming or route in GENERATION_ROUTES, keep=keep)
-
-
-def check_models(key, body: dict, fields: tuple) -> None:
-    """Check every field naming a model, as Ollama will read it, and the tools that run on ollama.com."""
-    for name in fields:
-        model = field(body, name)
-        if isinstance(model, str) and model.strip():
-            permit_model(key, model)
-    require_cloud_tools(key, field(body, "tools"))

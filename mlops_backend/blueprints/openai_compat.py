@@ -12,11 +12,10 @@ from urllib.parse import quote
 from flask import Blueprint, request
 
 from .. import passthrough
-from ..auth import authenticate, permit_model
+from ..auth import authenticate, permit_body, permit_model, require_route
 from ..errors import ApiError, openai_error, register_error_handlers
 from ..extensions import current_gateway
 from ..json_body import field, parse_object
-from .ollama_native import check_models, require_route
 
 bp = Blueprint("openai", __name__)
 register_error_handlers(bp, render=openai_error)
@@ -35,8 +34,9 @@ def guard():
 
 def _key(path: str):
     """The request's key, once it may call `path` (each view names the upstream route it relays)."""
-    key = authenticate(current_gateway())
-    require_route(key, path)
+    gateway = current_gateway()
+    key = authenticate(gateway)
+    require_route(key, request.method, path, gateway.config.open_upstream_routes)
     return key
 
 
@@ -44,7 +44,7 @@ def _relay_post(path: str):
     key = _key(path)
     raw = request.get_data(cache=False)
     body = parse_object(raw)
-    check_models(key, body, ("model",))
+    permit_body(key, body, ("model",))
     streaming = field(body, "stream") is True
     return passthrough.relay("POST", quote(path, safe="/:"), raw, passthrough.OPENAI, streaming=streaming,
                              slot=streaming or path in GENERATION_ROUTES)
