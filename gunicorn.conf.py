@@ -15,7 +15,7 @@ import tempfile
 from dotenv import load_dotenv
 
 from mlops_backend.config import Config, ConfigError
-from mlops_backend.keys import KeyFileError, read_entries
+from mlops_backend.security.keys import KeyFileError, read_entries
 
 # .env feeds both the app's Config and the GUNICORN_* settings below; real variables win.
 load_dotenv(".env", override=False)

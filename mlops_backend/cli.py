@@ -10,7 +10,7 @@ import click
 from flask.cli import with_appcontext
 
 from .extensions import current_gateway
-from .keys import SCOPES, KeyFileError, make_entry, new_token, read_entries, write_entries
+from .security.keys import SCOPES, KeyFileError, make_entry, new_token, read_entries, write_entries
 
 
 @click.group("keys")

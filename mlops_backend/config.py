@@ -91,7 +91,7 @@ def _storage_uri(name, raw):
 
 
 def _scopes(name, raw):
-    from .keys import SCOPES, ScopeError, check_scopes
+    from .security.keys import SCOPES, ScopeError, check_scopes
 
     scopes = [item.strip() for item in raw.split(",") if item.strip()]
     try:
@@ -112,7 +112,7 @@ def _addresses(name, raw):
 
 
 def _routes(name, raw):
-    from .route_policy import RouteError, parse_open_routes
+    from .security.route_policy import RouteError, parse_open_routes
 
     try:
         return parse_open_routes(raw)

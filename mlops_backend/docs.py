@@ -19,6 +19,8 @@ from flask import Blueprint, current_app, has_request_context, render_template_s
 from marshmallow import Schema
 
 from . import __version__, responses, schemas
+
+
 from .errors import ApiError
 
 STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")

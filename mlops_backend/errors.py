@@ -9,9 +9,8 @@ from flask import Response, current_app, g, json, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
-from . import observe
-from .client_watch import ClientGone
-from .ollama import OllamaError
+from .observability import observe
+from .upstream.client import OllamaError
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +28,10 @@ OLLAMA_PROBLEMS = {
     "model_error": (502, "Ollama reported an error"),
     "upstream_error": (502, "Ollama failed"),
 }
+
+
+class ClientGone(Exception):
+    """The client left while we waited on Ollama: nobody to answer (answered 499, to no one)."""
 
 
 class ApiError(Exception):

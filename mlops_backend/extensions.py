@@ -8,10 +8,10 @@ from flask import current_app
 from flask_cors import CORS
 
 from .config import Config
-from .keys import KeyRing
-from .ollama import OllamaClient
+from .security.keys import KeyRing
+from .upstream.client import OllamaClient
 from .schemas import ChatRequest, EmbedRequest, GenerateRequest, PullRequest, request_schema
-from .usage import UsageStore
+from .observability.usage import UsageStore
 
 KEY = "mlops_backend"
 cors = CORS()
@@ -31,7 +31,7 @@ class Gateway:
     @classmethod
     def build(cls, config: Config) -> Gateway:
         """Create the client, the request schemas (bound to the config's limits), the keys and the usage store."""
-        from .rate_limits import RateLimits
+        from .security.rate_limits import RateLimits
 
         schemas = {name: request_schema(schema, config)
                    for name, schema in (("generate", GenerateRequest), ("chat", ChatRequest), ("embed", EmbedRequest),

@@ -9,9 +9,9 @@ from flask import Flask
 
 from .config import PLACEHOLDER_KEY, Config
 from .errors import register_error_handlers
-from . import observe
+from .observability import observe
 from .extensions import KEY, Gateway, cors
-from .request_context import add_request_id_header, assign_request_id, configure_logging
+from .observability.request_context import add_request_id_header, assign_request_id, configure_logging
 
 log = logging.getLogger(__name__)
 

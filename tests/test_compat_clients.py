@@ -18,7 +18,7 @@ import pytest
 import requests
 from openai import OpenAI
 
-from mlops_backend.keys import make_entry, new_token, write_entries
+from mlops_backend.security.keys import make_entry, new_token, write_entries
 from tests.ollama_double.wire import VERSION
 from tests.support import API_KEY, GatewayProcess
 

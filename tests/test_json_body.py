@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mlops_backend.errors import ApiError
-from mlops_backend.json_body import field, fold, parse_object
+from mlops_backend.security.json_body import field, fold, parse_object
 
 
 @pytest.mark.parametrize("key", ["stream", "Stream", "STREAM", "sTrEaM", "\u017ftream", "\u017fTREAM"])

@@ -21,7 +21,7 @@ import pytest
 import requests
 import tomli_w
 
-from mlops_backend.keys import (SHARED_KEY_NAME, ApiKey, KeyFileError, KeyRing, digest, make_entry, new_token,
+from mlops_backend.security.keys import (SHARED_KEY_NAME, ApiKey, KeyFileError, KeyRing, digest, make_entry, new_token,
                                 read_entries, write_entries)
 from tests.support import API_KEY, CONFIG_VARIABLES, ROOT, GatewayProcess, sse_events, wait_for_access_line
 
@@ -336,7 +336,7 @@ def test_the_file_is_reread_when_it_changes_and_a_broken_file_keeps_the_last_goo
     ring = KeyRing("", str(path))
     ring.RECHECK_SECONDS = 0.0
     errors = ListHandler()
-    logging.getLogger("mlops_backend.keys").addHandler(errors)
+    logging.getLogger("mlops_backend.security.keys").addHandler(errors)
     try:
         assert ring.identify(web).name == "web" and ring.identify(ops) is None
 
@@ -358,7 +358,7 @@ def test_the_file_is_reread_when_it_changes_and_a_broken_file_keeps_the_last_goo
         path.unlink()
         assert ring.identify(late) is None and ring.names() == []
     finally:
-        logging.getLogger("mlops_backend.keys").removeHandler(errors)
+        logging.getLogger("mlops_backend.security.keys").removeHandler(errors)
 
 
 def test_the_file_is_checked_at_most_once_per_recheck_interval(tmp_path):

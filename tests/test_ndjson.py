@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from mlops_backend.ndjson import ChunkedLines, Lines, LineTooLong
+from mlops_backend.upstream.ndjson import ChunkedLines, Lines, LineTooLong
 
 
 def chunked(*payloads: bytes) -> bytes:

@@ -14,7 +14,7 @@ import time
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from mlops_backend.keys import make_entry, new_token, write_entries
+from mlops_backend.security.keys import make_entry, new_token, write_entries
 from tests.support import API_KEY, AUTH, sse_events, sse_items
 
 CLOSE = {"Connection": "close"}

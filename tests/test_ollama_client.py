@@ -10,7 +10,7 @@ import pytest
 import requests
 import responses
 
-from mlops_backend.ollama import (ModelNotFound, OllamaBadResponse, OllamaBusy, OllamaClient, OllamaError,
+from mlops_backend.upstream.client import (ModelNotFound, OllamaBadResponse, OllamaBusy, OllamaClient, OllamaError,
                                   OllamaRejected, OllamaTimeout, OllamaUnreachable)
 
 BASE = "http://ollama.test:11434"

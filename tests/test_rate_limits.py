@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from mlops_backend.keys import make_entry, write_entries
+from mlops_backend.security.keys import make_entry, write_entries
 from tests.support import AUTH, free_port, post_stream, sse_items, wait_for_access_line
 
 PREFLIGHT = {"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST",

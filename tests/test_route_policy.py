@@ -10,9 +10,9 @@ import pytest
 import requests
 
 from mlops_backend.config import Config, ConfigError
-from mlops_backend.keys import make_entry, new_token, write_entries
-from mlops_backend.model_names import canonical, is_cloud
-from mlops_backend.route_policy import ROUTES, parse_open_routes, required_scope
+from mlops_backend.security.keys import make_entry, new_token, write_entries
+from mlops_backend.upstream.model_names import canonical, is_cloud
+from mlops_backend.security.route_policy import ROUTES, parse_open_routes, required_scope
 from tests.support import API_KEY, GatewayProcess
 
 HI = [{"role": "user", "content": "hi"}]

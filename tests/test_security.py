@@ -61,7 +61,7 @@ def test_identify_compares_every_key_in_constant_time_wherever_the_match_is(tmp_
     """identify() runs hmac.compare_digest on the shared key and on every stored hash, whichever key matches
     (the first stored, the last, the shared one, none): no `==`, no early exit, so the time it takes does
     not tell which key matched, nor how much of one was right."""
-    from mlops_backend import keys
+    from mlops_backend.security import keys
 
     tokens = [keys.new_token() for _ in range(4)]
     path = tmp_path / "keys.json"

@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from mlops_backend.slots import MemorySlots, RedisSlots
+from mlops_backend.security.slots import MemorySlots, RedisSlots
 from tests.support import AUTH, post_stream, sse_items
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mlops_backend.sse import chunk_events, event, text_event
+from mlops_backend.streaming.sse import chunk_events, event, text_event
 
 
 def go_line(text: str, chat: bool = False, **extra) -> bytes:

@@ -20,8 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 import sqlalchemy as sa
 
-from mlops_backend.model_names import canonical
-from mlops_backend.usage import UsageStore, metadata
+from mlops_backend.upstream.model_names import canonical
+from mlops_backend.observability.usage import UsageStore, metadata
 from tests.support import AUTH, sse_events
 
 KEYED = {**AUTH, "Connection": "close"}  # a new connection per request: they spread over the workers

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, request
 
-from .. import metrics
-from ..auth import authenticate, require_scope
+from ..observability import metrics
+from ..security.auth import authenticate, require_scope
 from ..errors import register_error_handlers
 from ..extensions import current_gateway
 

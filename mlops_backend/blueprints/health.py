@@ -7,7 +7,7 @@ from flask import Blueprint
 from .. import __version__
 from ..errors import problem_response, register_error_handlers
 from ..extensions import current_gateway
-from ..ollama import OllamaError
+from ..upstream.client import OllamaError
 
 bp = Blueprint("health", __name__)
 register_error_handlers(bp)

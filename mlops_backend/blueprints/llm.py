@@ -5,8 +5,10 @@ from __future__ import annotations
 from flask import Blueprint, json, request
 from marshmallow import ValidationError
 
-from .. import observe, sse
-from ..auth import authenticate, permit_model, require_scope
+from ..observability import observe
+
+from ..streaming import sse
+from ..security.auth import authenticate, permit_model, require_scope
 from ..errors import ApiError, register_error_handlers
 from ..extensions import current_gateway
 

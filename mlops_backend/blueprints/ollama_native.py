@@ -11,11 +11,11 @@ import re
 
 from flask import Blueprint, request
 
-from .. import passthrough
-from ..auth import authenticate, permit_body, require_route
+from ..streaming import passthrough
+from ..security.auth import authenticate, permit_body, require_route
 from ..errors import ApiError, ollama_error, register_error_handlers
 from ..extensions import current_gateway
-from ..json_body import field, parse_object
+from ..security.json_body import field, parse_object
 
 bp = Blueprint("ollama", __name__)
 register_error_handlers(bp, render=ollama_error)

@@ -11,11 +11,11 @@ from urllib.parse import quote
 
 from flask import Blueprint, request
 
-from .. import passthrough
-from ..auth import authenticate, permit_body, permit_model, require_route
+from ..streaming import passthrough
+from ..security.auth import authenticate, permit_body, permit_model, require_route
 from ..errors import ApiError, openai_error, register_error_handlers
 from ..extensions import current_gateway
-from ..json_body import field, parse_object
+from ..security.json_body import field, parse_object
 
 bp = Blueprint("openai", __name__)
 register_error_handlers(bp, render=openai_error)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from flask import g, request
 
-from . import observe
-from .errors import ApiError
+from ..observability import observe
+from ..errors import ApiError
 from .keys import ApiKey
 from .json_body import field, unambiguous
-from .model_names import is_cloud
+from ..upstream.model_names import is_cloud
 from .route_policy import allowed_methods, required_scope
 
 SCHEME = "ApiKey"

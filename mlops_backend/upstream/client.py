@@ -17,7 +17,7 @@ from requests.adapters import HTTPAdapter
 import socket
 
 from .ndjson import DEFAULT_MAX_LINE, LineTooLong
-from .upstream import UpstreamClosed, UpstreamPool, gevent_active
+from .http import UpstreamClosed, UpstreamPool, gevent_active
 
 log = logging.getLogger(__name__)
 

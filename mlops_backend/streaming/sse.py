@@ -9,9 +9,9 @@ import time
 from flask import Response, request, stream_with_context
 
 from .client_watch import watch_client
-from .errors import stream_error_body
-from .ndjson import LineTooLong
-from .ollama import OllamaBadResponse, OllamaError, OllamaStreamError, OllamaTimeout
+from ..errors import stream_error_body
+from ..upstream.ndjson import LineTooLong
+from ..upstream.client import OllamaBadResponse, OllamaError, OllamaStreamError, OllamaTimeout
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import tomllib
 
 import tomli_w
 
-from .model_names import canonical
+from ..upstream.model_names import canonical
 
 log = logging.getLogger(__name__)
 

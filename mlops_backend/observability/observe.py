@@ -18,7 +18,7 @@ from flask import g, request
 from werkzeug.wsgi import ClosingIterator
 
 from . import metrics
-from .model_names import canonical
+from ..upstream.model_names import canonical
 from .request_context import quoted
 
 access_log = logging.getLogger("mlops_backend.access")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import socket
 
-from .upstream import gevent_active
+from ..errors import ClientGone
+from ..upstream.http import gevent_active
 
 _PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 
@@ -59,10 +60,6 @@ class ClientWatch:
             self._watcher.stop()
             self._watcher.close()
             self._watcher = None
-
-
-class ClientGone(Exception):
-    """The client left while we waited on Ollama: nobody to answer (errors.py answers 499 to no one)."""
 
 
 def watch_client(environ, stream, step):

@@ -13,12 +13,12 @@ import logging
 
 from flask import Response, request, stream_with_context
 
-from . import observe
-from .auth import authenticate
+from ..observability import observe
+from ..security.auth import authenticate
 from .client_watch import watch_client
-from .extensions import current_gateway
-from .ndjson import Lines
-from .ollama import deadline
+from ..extensions import current_gateway
+from ..upstream.ndjson import Lines
+from ..upstream.client import deadline
 from .sse import as_ollama_error
 
 log = logging.getLogger(__name__)

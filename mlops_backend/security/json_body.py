@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from .errors import ApiError
+from ..errors import ApiError
 
 
 def fold(key: str) -> str:

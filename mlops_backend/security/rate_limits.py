@@ -16,11 +16,11 @@ import time
 from flask import g, request
 from flask_limiter import Limiter
 
-from . import observe
+from ..observability import observe
 from .auth import identify
-from .errors import ApiError
+from ..errors import ApiError
 from .keys import ApiKey
-from .request_context import client_address
+from ..observability.request_context import client_address
 from .slots import slots_for
 
 log = logging.getLogger(__name__)
