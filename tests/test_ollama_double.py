@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import hashlib
 import http.client
 import itertools
@@ -11,9 +12,11 @@ import math
 import re
 import select
 import socket
+import ssl
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,10 +25,12 @@ import requests
 
 from tests.ollama_double import OllamaDouble
 from tests.ollama_double.gojson import fold, parse_duration
+from tests.ollama_double.tls import client_context, make_tls
 from tests.ollama_double.wire import VERSION, go_float
 
 ROOT = Path(__file__).resolve().parents[1]
 HELLO = {"model": "llama3.2", "prompt": "hello world"}
+CA_FILES: dict = {}  # https base URL -> the CA bundle that trusts it (filled by the TLS fixtures)
 
 
 @pytest.fixture(scope="module")
@@ -35,24 +40,71 @@ def server():
 
 
 @pytest.fixture
-def double(server):
-    server.reset()
-    yield server
-    server.reset()
+def double(request, server):
+    """The module's plain double; with @over_tls, the test runs once over it and once over the TLS one."""
+    chosen = request.getfixturevalue("tls_server") if getattr(request, "param", "http") == "https" else server
+    chosen.reset()
+    yield chosen
+    chosen.reset()
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory):
+    """(server SSLContext, CA bundle path): a fresh trustme CA for this module."""
+    return make_tls(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def tls_server(tls_files):
+    with OllamaDouble(tls=tls_files[0]) as double:
+        CA_FILES[double.url] = tls_files[1]
+        yield double
+        CA_FILES.pop(double.url)
+
+
+over_tls = pytest.mark.parametrize("double", ["http", "https"], indirect=True)
+
+
+def verify(double):
+    """What requests needs for `verify=`: the CA bundle of a TLS double, True otherwise."""
+    return CA_FILES.get(double.url if hasattr(double, "url") else double, True)
 
 
 def post(double, path, body, **kw):
-    return requests.post(double.url + path, json=body, timeout=kw.pop("timeout", 5), **kw)
+    return requests.post(double.url + path, json=body, timeout=kw.pop("timeout", 5), verify=verify(double), **kw)
+
+
+def get(double, path, **kw):
+    return requests.get(double.url + path, timeout=kw.pop("timeout", 5), verify=verify(double), **kw)
 
 
 def ndjson(resp) -> list:
     return [json.loads(line) for line in resp.iter_lines() if line]
 
 
-def raw_request(url: str, text: str) -> socket.socket:
-    """Open a socket to the double and send `text` (an HTTP request) as is."""
+def connect(url: str, timeout: float = 5) -> socket.socket:
+    """A socket to the double at `url`, behind TLS (trusting its CA) for an https URL."""
     host, port = url.rsplit("/", 1)[-1].split(":")
-    sock = socket.create_connection((host, int(port)), timeout=5)
+    sock = socket.create_connection((host, int(port)), timeout=timeout)
+    if url.startswith("https:"):
+        try:
+            sock = client_context(CA_FILES[url]).wrap_socket(sock, server_hostname=host)
+        except BaseException:
+            sock.close()
+            raise
+    return sock
+
+
+def http_connection(double, timeout: float = 5) -> http.client.HTTPConnection:
+    host, port = double.url.rsplit("/", 1)[-1].split(":")
+    if double.url.startswith("https:"):
+        return http.client.HTTPSConnection(host, int(port), timeout=timeout, context=client_context(verify(double)))
+    return http.client.HTTPConnection(host, int(port), timeout=timeout)
+
+
+def raw_request(url: str, text: str) -> socket.socket:
+    """Open a socket (TLS for an https URL) to the double and send `text` (an HTTP request) as is."""
+    sock = connect(url)
     sock.sendall(text.encode())
     return sock
 
@@ -81,8 +133,7 @@ def exchange(double, method: str, path: str, body=None, headers=None, version: s
     head = {"Host": double.url.split("//")[1], "Content-Length": str(len(data)), "Connection": "close",
             **(headers or {})}
     request = f"{method} {path} {version}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in head.items()) + "\r\n"
-    host, port = double.url.rsplit("/", 1)[-1].split(":")
-    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+    with connect(double.url, timeout) as sock:
         sock.sendall(request.encode() + data)
         with sock.makefile("rb") as reader:
             status_line = reader.readline()
@@ -135,8 +186,12 @@ def read_until_closed(sock: socket.socket, timeout: float) -> bytes:
     """Everything the peer sends until it closes; fails if it stays open past `timeout`."""
     data, end = b"", time.monotonic() + timeout
     while time.monotonic() < end:
-        if select.select([sock], [], [], end - time.monotonic())[0]:
-            part = sock.recv(65536)
+        pending = isinstance(sock, ssl.SSLSocket) and sock.pending()  # decrypted already: select won't tell
+        if pending or select.select([sock], [], [], max(0.0, end - time.monotonic()))[0]:
+            try:
+                part = sock.recv(65536)
+            except ssl.SSLWantReadError:  # part of a TLS record
+                continue
             if not part:
                 return data
             data += part
@@ -192,6 +247,7 @@ def test_ps_and_show(double):
 # -- generation ---------------------------------------------------------------------------------------------
 
 
+@over_tls
 def test_generate_lines_arrive_one_by_one(double):
     double.script(delay=0.4)
     started = time.monotonic()
@@ -357,6 +413,7 @@ def test_origin_header_is_refused_and_recorded(double):
     ("bad_request", 400, None),
 ])
 @pytest.mark.parametrize("stream", [True, False])
+@over_tls
 def test_status_faults(double, fault, status, message, stream):
     double.script(fault=fault)
     resp = post(double, "/api/chat", {"model": "llama3.2", "stream": stream,
@@ -366,6 +423,7 @@ def test_status_faults(double, fault, status, message, stream):
     assert resp.json()["error"] == message if message else resp.json()["error"]
 
 
+@over_tls
 def test_drop_closes_without_terminating_chunk(double):
     double.script(fault="drop", fault_after=2)
     got = []
@@ -378,6 +436,7 @@ def test_drop_closes_without_terminating_chunk(double):
     assert (rec["lines_sent"], rec["completed"], rec["client_gone"]) == (2, False, False)
 
 
+@over_tls
 def test_malformed_line_then_proper_end(double):
     double.script(fault="malformed", fault_after=1)
     lines = post(double, "/api/generate", HELLO).content.split(b"\n")
@@ -395,8 +454,9 @@ def test_error_line_ends_stream_without_done(double):
     assert not any(x.get("done") for x in lines)
 
 
+@over_tls
 def test_keep_alive_survives_streams_and_faults(double):
-    conn = http.client.HTTPConnection(double.url[7:], timeout=5)
+    conn = http_connection(double)
     body, headers = json.dumps(HELLO), {"Content-Type": "application/json"}
     conn.request("POST", "/api/generate", body, headers)
     first = conn.getresponse()
@@ -410,6 +470,7 @@ def test_keep_alive_survives_streams_and_faults(double):
     conn.close()
 
 
+@over_tls
 def test_first_delay_withholds_status_and_headers(double):
     double.script(first_delay=0.4)
     started = time.monotonic()
@@ -430,6 +491,7 @@ def test_slow_version(double):
     assert time.monotonic() - started < 0.2
 
 
+@over_tls
 def test_hang_until_reset(double):
     double.script(fault="hang")
     sock = raw_request(double.url, generate_request(HELLO))
@@ -441,6 +503,7 @@ def test_hang_until_reset(double):
     sock.close()
 
 
+@over_tls
 def test_client_gone_mid_stream_is_noticed(double):
     # The pause exceeds the allowed 0.5 s, so only polling (not a failed write) can pass this test.
     double.script(delay=0.6, tokens=[f" t{i}" for i in range(30)])
@@ -454,6 +517,7 @@ def test_client_gone_mid_stream_is_noticed(double):
     assert rec["closed_at"] - closed < 0.5 and rec["lines_sent"] == 2
 
 
+@over_tls
 def test_client_gone_while_silent_is_noticed(double):
     double.script(first_delay=10)
     with pytest.raises(requests.exceptions.ReadTimeout):
@@ -463,6 +527,7 @@ def test_client_gone_while_silent_is_noticed(double):
     assert rec["client_gone"] is True and rec["lines_sent"] == 0 and rec["closed_at"] - gave_up < 0.5
 
 
+@over_tls
 def test_http10_client_gets_close_delimited_stream(double):
     sock = raw_request(double.url, generate_request(HELLO, "HTTP/1.0"))
     data = read_until_closed(sock, 2.0)
@@ -494,8 +559,9 @@ def test_stop_wakes_hangs_and_idle_connections():
 # -- OpenAI layer -------------------------------------------------------------------------------------------
 
 
+@over_tls
 def test_openai_layer(double):
-    models = requests.get(double.url + "/v1/models", timeout=5)
+    models = get(double, "/v1/models")
     assert models.headers["Content-Type"] == "application/json" and models.content.endswith(b"}\n")  # json.Encoder
     assert models.json()["object"] == "list" and models.json()["data"][0]["id"] == "llama3.2:latest"
     msgs = [{"role": "user", "content": "hi"}]
@@ -560,6 +626,7 @@ def test_runs_as_a_process():
 # -- framing as Go's net/http does it -------------------------------------------------------------------------
 
 
+@over_tls
 def test_small_bodies_have_content_length_and_big_ones_are_chunked(double):
     small = exchange(double, "GET", "/api/tags")  # three models: about 1.1 KiB
     assert small.chunks is None and int(small.headers["content-length"]) == len(small.body) < 2048
@@ -604,6 +671,7 @@ def test_head_and_http10_framing():
         assert listed.headers["transfer-encoding"] == "chunked" and listed.body.endswith(b"\n")
 
 
+@over_tls
 def test_odd_framing_merges_ready_lines_and_splits_lines(double):
     double.script(tokens=[f" t{i}" for i in range(12)])
     got = exchange(double, "POST", "/api/generate", HELLO)
@@ -620,6 +688,7 @@ def test_odd_framing_merges_ready_lines_and_splits_lines(double):
     assert rec["lines_sent"] == 13 and rec["chunks_sent"] == len(again.chunks)
 
 
+@over_tls
 def test_go_framing_is_one_line_per_chunk(double):
     double.script(tokens=[f" t{i}" for i in range(6)], framing="go")
     got = exchange(double, "POST", "/api/generate", HELLO)
@@ -640,6 +709,7 @@ def test_go_framing_imitates_the_2k_buffer():
     assert Framer("go").plan(run)[0] == b"a" * 1500 + b"b" * 548
 
 
+@over_tls
 def test_odd_framing_keeps_token_timing(double):
     # Each line is due 0.3 s after the previous one; the pieces of one line must arrive together.
     double.script(tokens=["a", "b", "c"], delay=0.3, big_line_bytes=3000)
@@ -658,6 +728,7 @@ def test_odd_framing_keeps_token_timing(double):
     assert all(b - a >= 0.25 for a, b in itertools.pairwise(firsts))
 
 
+@over_tls
 def test_big_line_of_ten_megabytes(double):
     size = 10 * 1024 * 1024
     double.script(big_line_bytes=size)
@@ -1036,6 +1107,7 @@ def sse_chunks(raw: bytes) -> list:
     return [e[6:] for e in events]
 
 
+@over_tls
 def test_v1_stream_shape(double):
     body = {"model": "qwen3", "messages": [{"role": "user", "content": "hi"}], "stream": True,
             "stream_options": {"include_usage": True}}
@@ -1122,3 +1194,351 @@ def test_v1_embeddings_base64_and_models(double):
     assert one == {"id": "llama3.2", "object": "model", "created": one["created"], "owned_by": "library"}
     gone = requests.get(double.url + "/v1/models/ghost", timeout=5)
     assert gone.json()["error"]["message"] == "model 'ghost:latest' not found"
+
+
+# -- loaded models (/api/ps) ---------------------------------------------------------------------------------
+
+PS_KEYS = ["name", "model", "size", "digest", "details", "expires_at", "size_vram", "context_length"]
+TRIO = [{"name": "alpha"}, {"name": "beta", "capabilities": ["completion", "thinking"]},
+        {"name": "emb", "capabilities": ["embedding"]}]
+
+
+def ps_names(double) -> list:
+    return [m["name"] for m in get(double, "/api/ps").json()["models"]]
+
+
+def test_loaded_lists_exactly_those_models():
+    with OllamaDouble(models=TRIO, loaded=["beta", "EMB:latest"]) as d:
+        models = get(d, "/api/ps").json()["models"]
+        assert [m["name"] for m in models] == ["beta:latest", "emb:latest"] == d.loaded
+        assert all(list(m) == PS_KEYS for m in models) and models[0]["size_vram"] == models[0]["size"]
+        assert [m["name"] for m in d.models] == ["alpha:latest", "beta:latest", "emb:latest"]  # installed
+        d.set_loaded([])
+        assert get(d, "/api/ps").json() == {"models": []} and d.loaded == []
+        d.set_loaded(["emb", "alpha", "emb"])
+        assert ps_names(d) == ["emb:latest", "alpha:latest"]  # the order given, duplicates dropped
+        with pytest.raises(ValueError, match="'ghost'.*not installed"):
+            d.set_loaded(["ghost"])
+        with pytest.raises(ValueError):
+            d.set_loaded("alpha")  # a list of names, not one
+        assert ps_names(d) == ["emb:latest", "alpha:latest"]  # a refused call changes nothing
+        d.set_loaded(None)  # the default: the first installed completion model
+        assert ps_names(d) == ["alpha:latest"]
+        d.reset()
+        assert ps_names(d) == ["beta:latest", "emb:latest"]  # the constructor's
+    with pytest.raises(ValueError, match="not installed"):
+        OllamaDouble(models=TRIO, loaded=["llama3.2"])
+
+
+def test_default_loaded_follows_the_catalogue(double):
+    assert double.loaded == ["llama3.2:latest"]
+    assert ndjson(post(double, "/api/pull", {"model": "smollm2"}))[-1] == {"status": "success"}
+    assert double.loaded == ["smollm2:latest"]  # as before: the first completion model, newest first
+    with OllamaDouble(models=[{"name": "emb", "capabilities": ["embedding"]}]) as d:
+        assert ps_names(d) == []
+
+
+def test_generations_load_their_model(double):
+    assert post(double, "/api/generate", {"model": "qwen3", "prompt": "x", "stream": False}).status_code == 200
+    assert ps_names(double) == ["llama3.2:latest", "qwen3:latest"]  # the latest expiry first, as Ollama sorts
+    assert post(double, "/api/embed", {"model": "all-minilm", "input": "x"}).status_code == 200
+    assert double.loaded == ["llama3.2:latest", "all-minilm:latest", "qwen3:latest"]
+    double.set_loaded([])
+    post(double, "/v1/chat/completions", {"model": "qwen3", "messages": [{"role": "user", "content": "x"}]})
+    ndjson(post(double, "/api/chat", {"model": "llama3.2", "messages": [{"role": "user", "content": "x"}]}))
+    assert double.loaded == ["llama3.2:latest", "qwen3:latest"]
+    # A refused request loads nothing: the scheduler never handed out a runner.
+    double.script(fault="busy")
+    assert post(double, "/api/generate", {"model": "all-minilm", "prompt": "x"}).status_code == 400  # no generate
+    double.set_loaded([])
+    assert post(double, "/api/generate", {"model": "qwen3", "prompt": "x"}).status_code == 503
+    assert double.loaded == []
+    double.script()
+    assert post(double, "/api/generate", {"model": "qwen3"}).json()["done_reason"] == "load"  # load only
+    assert double.loaded == ["qwen3:latest"]
+
+
+def test_keep_alive_zero_unloads_and_short_keep_alives_expire(double):
+    double.set_loaded(["llama3.2"])
+    unload = post(double, "/api/generate", {"model": "llama3.2", "keep_alive": 0}).json()
+    assert unload["done_reason"] == "unload" and double.loaded == []
+    # keep_alive 0 with a prompt: loaded while it runs, gone once it is over.
+    double.script(delay=0.2, tokens=["a", "b", "c"])
+    with post(double, "/api/chat", {"model": "qwen3", "keep_alive": "0s", "stream": True,
+                                    "messages": [{"role": "user", "content": "x"}]}, stream=True) as resp:
+        lines = resp.iter_lines()
+        next(lines)
+        assert double.loaded == ["qwen3:latest"]
+        assert [json.loads(line)["done"] for line in lines if line][-1] is True
+    double.wait_stream_closed(2)
+    assert double.loaded == []
+    double.script()
+    forever = post(double, "/api/generate", {"model": "qwen3", "prompt": "x", "keep_alive": -1, "stream": False})
+    assert forever.status_code == 200
+    (entry,) = get(double, "/api/ps").json()["models"]
+    assert int(entry["expires_at"][:4]) > 2300  # Go: now + the longest time.Duration
+    post(double, "/api/embed", {"model": "all-minilm", "input": "x", "keep_alive": 0.3})
+    assert double.loaded == ["qwen3:latest", "all-minilm:latest"]
+    time.sleep(0.4)
+    assert double.loaded == ["qwen3:latest"]  # its keep_alive ran out
+
+
+def test_control_endpoint_for_loaded(double):
+    url = double.url + "/_double/loaded"
+    got = requests.post(url, json={"loaded": ["qwen3"]}, timeout=5)
+    assert got.status_code == 200 and got.json() == {
+        "loaded": ["qwen3:latest"], "installed": ["llama3.2:latest", "qwen3:latest", "all-minilm:latest"]}
+    assert requests.get(url, timeout=5).json()["loaded"] == ["qwen3:latest"] == ps_names(double)
+    assert requests.post(url, json=["all-minilm", "llama3.2"], timeout=5).json()["loaded"] == [
+        "all-minilm:latest", "llama3.2:latest"]
+    bad = requests.post(url, json={"loaded": ["ghost"]}, timeout=5)
+    assert bad.status_code == 400 and "ghost" in bad.json()["error"]
+    assert requests.post(url, json={"loaded": None}, timeout=5).json()["loaded"] == ["llama3.2:latest"]
+    assert [r["path"] for r in double.requests] == ["/api/ps"]  # control routes are not recorded
+
+
+# -- restarting on the same port -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_restart_serves_again_on_the_same_port(scheme, tls_files):
+    d = OllamaDouble(loaded=["qwen3"], tls=tls_files[0] if scheme == "https" else None).start()
+    CA_FILES[d.url] = tls_files[1]
+    url, port = d.url, d.port
+    try:
+        assert port != 0 and url == f"{scheme}://127.0.0.1:{port}"
+        pooled = http_connection(d)
+        pooled.request("GET", "/api/version")
+        first = pooled.getresponse()
+        assert first.read() == b'{"version":"0.33.0"}' and not first.will_close
+        # verify= on each call: REQUESTS_CA_BUNDLE in the environment would override a Session's .verify.
+        idle = requests.Session()
+        assert idle.get(url + "/api/version", timeout=5, verify=verify(d)).status_code == 200  # pooled, idle
+        assert post(d, "/api/generate", {**HELLO, "stream": False}).status_code == 200
+        assert d.loaded == ["qwen3:latest", "llama3.2:latest"]
+        d.script(delay=0.5, tokens=[f" t{i}" for i in range(20)])
+        streaming = post(d, "/api/generate", HELLO, stream=True)
+        lines = streaming.iter_lines()
+        next(lines)
+        started = time.monotonic()
+        d.stop()
+        assert time.monotonic() - started < 2.0 and not d.running
+        with pytest.raises(requests.exceptions.ChunkedEncodingError):  # the open stream ended, unfinished
+            list(lines)
+        streaming.close()
+        assert read_until_closed(pooled.sock, 1.0) == b""  # the idle keep-alive connection got EOF
+        with pytest.raises(requests.exceptions.ConnectionError):
+            get(d, "/api/version", timeout=1)
+        seen = len(d.requests)
+        d.start()
+        assert (d.url, d.port, d.running) == (url, port, True)
+        # The old keep-alive connection is dead: an error, never an answer from the new server.
+        with pytest.raises((OSError, http.client.HTTPException)):
+            pooled.request("GET", "/api/version")
+            pooled.getresponse().read()
+        pooled.close()
+        assert len(d.requests) == seen
+        fresh = http_connection(d)
+        fresh.request("GET", "/api/version")
+        assert fresh.getresponse().read() == b'{"version":"0.33.0"}'
+        fresh.close()
+        assert idle.get(url + "/api/version", timeout=5, verify=verify(d)).json() == {"version": VERSION}  # redialled
+        idle.close()
+        # A fresh server process: run-time loads are gone, the configured ones are back; the records and the
+        # script (the test's set-up, like the catalogue) stay.
+        assert d.loaded == ["qwen3:latest"] and len(d.requests) == seen + 2
+        assert d._snapshot()["delay"] == 0.5
+        d.script()
+        assert post(d, "/api/generate", {**HELLO, "stream": False}).json()["response"] == "You said: hello world"
+    finally:
+        d.stop()
+        CA_FILES.pop(url, None)
+
+
+def test_three_upstreams_one_goes_away_and_comes_back(tls_files):
+    a = OllamaDouble(models=[{"name": "alpha"}], loaded=["alpha"])
+    b = OllamaDouble(models=[{"name": "beta"}, {"name": "gamma"}], loaded=[])
+    c = OllamaDouble(models=[{"name": "delta"}, {"name": "emb", "capabilities": ["embedding"]}], loaded=["emb"],
+                     tls=tls_files[0])
+    with a, b, c:
+        CA_FILES[c.url] = tls_files[1]
+        try:
+            assert len({a.port, b.port, c.port}) == 3 and c.url.startswith("https://")
+            assert [ps_names(d) for d in (a, b, c)] == [["alpha:latest"], [], ["emb:latest"]]
+            assert post(b, "/api/generate", {"model": "gamma", "prompt": "x", "stream": False}).status_code == 200
+            assert post(b, "/api/generate", {"model": "alpha", "prompt": "x"}).status_code == 404  # not on b
+            b.stop()
+            with pytest.raises(requests.exceptions.ConnectionError):
+                get(b, "/api/ps", timeout=1)
+            assert ps_names(a) == ["alpha:latest"] and ps_names(c) == ["emb:latest"]
+            b.set_loaded(["beta"])  # what b has loaded when it comes back
+            b.start()
+            assert ps_names(b) == ["beta:latest"]
+            assert [m["name"] for m in get(b, "/api/tags").json()["models"]] == ["beta:latest", "gamma:latest"]
+        finally:
+            CA_FILES.pop(c.url, None)
+
+
+# -- TLS ---------------------------------------------------------------------------------------------------------
+
+
+def test_tls_double_speaks_https_only_to_those_who_trust_it(tls_server, tls_files):
+    d = tls_server
+    assert d.url == f"https://127.0.0.1:{d.port}" and d.tls is tls_files[0]
+    assert requests.get(d.url + "/api/version", verify=tls_files[1], timeout=5).json() == {"version": VERSION}
+    with pytest.raises(requests.exceptions.SSLError):  # the system's CAs do not know the test CA
+        requests.get(d.url + "/api/version", timeout=5)
+    localhost = d.url.replace("127.0.0.1", "localhost")
+    assert requests.get(localhost + "/api/tags", verify=tls_files[1], timeout=5).status_code == 200
+    plain = requests.get(d.url.replace("https:", "http:") + "/api/version", timeout=5)
+    assert (plain.status_code, plain.text) == (400, "Client sent an HTTP request to an HTTPS server.\n")  # as Go
+    with connect(d.url) as sock:
+        assert sock.version() in ("TLSv1.2", "TLSv1.3") and sock.selected_alpn_protocol() in (None, "http/1.1")
+    with pytest.raises(TypeError):
+        OllamaDouble(tls=True)
+
+
+def test_tls_100_generations_on_one_keep_alive_connection(tls_server):
+    d = tls_server
+    d.reset()
+    conn = http_connection(d, timeout=10)
+    headers = {"Content-Type": "application/json"}
+    sock = None
+    for i in range(100):
+        stream = i % 2 == 0  # chunked NDJSON and Content-Length bodies in turn
+        conn.request("POST", "/api/generate", json.dumps({**HELLO, "prompt": f"n{i}", "stream": stream}), headers)
+        resp = conn.getresponse()
+        body = resp.read()
+        assert resp.status == 200 and not resp.will_close, i
+        if stream:
+            lines = [json.loads(line) for line in body.splitlines()]
+            assert "".join(x["response"] for x in lines) == f"You said: n{i}" and lines[-1]["done"], i
+        else:
+            assert json.loads(body)["response"] == f"You said: n{i}", i
+        sock = sock or conn.sock
+        assert conn.sock is sock, f"request {i} needed a new connection"
+    conn.close()
+    assert d.connections == 1 and len(d.requests) == 100
+    assert len(d.streams) == 50 and all(s["completed"] and not s["client_gone"] for s in d.streams)
+
+
+def test_tls_100_streams_over_pooled_connections(tls_server, tls_files):
+    d = tls_server
+    d.reset()
+    d.script(tokens=[f" t{i}" for i in range(8)], delay=0.002)
+    local = threading.local()
+    sessions, errors = [], []
+
+    def one(i: int):
+        session = getattr(local, "session", None)
+        if session is None:
+            session = local.session = requests.Session()
+            sessions.append(session)
+        try:
+            # verify= on each call: REQUESTS_CA_BUNDLE in the environment would override a Session's .verify.
+            with session.post(d.url + "/api/chat", json={"model": "llama3.2", "messages": [
+                    {"role": "user", "content": f"m{i}"}]}, stream=True, timeout=10, verify=tls_files[1]) as resp:
+                lines = [json.loads(line) for line in resp.iter_lines() if line]
+            if resp.status_code != 200 or "".join(x["message"]["content"] for x in lines) != "".join(
+                    f" t{k}" for k in range(8)) or not lines[-1]["done"]:
+                errors.append((i, resp.status_code, lines[-1:]))
+        except Exception as err:  # noqa: BLE001 - every failure counts
+            errors.append((i, repr(err)))
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(100)))
+    for session in sessions:
+        session.close()
+    assert errors == []
+    assert len(d.streams) == 100 and all(s["completed"] and not s["client_gone"] for s in d.streams)
+    assert d.connections == len(sessions) <= 8  # each thread's connection carried all its streams
+
+
+def test_tls_close_notify_mid_stream_is_a_hang_up(tls_server):
+    # A client that ends TLS properly (close_notify) but keeps the TCP connection open has still gone.
+    d = tls_server
+    d.reset()
+    d.script(delay=0.6, tokens=[f" t{i}" for i in range(30)])
+    sock = raw_request(d.url, generate_request(HELLO))
+    try:
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
+        sock.setblocking(False)
+        with pytest.raises(ssl.SSLError):  # close_notify is out; the peer's is not back yet
+            sock.unwrap()
+        said_goodbye = time.monotonic()
+        rec = d.wait_stream_closed(2)
+        assert rec["client_gone"] is True and rec["completed"] is False
+        assert rec["closed_at"] - said_goodbye < 0.5
+    finally:
+        sock.close()
+
+
+@over_tls
+def test_pipelined_requests_are_not_a_hang_up(double):
+    # The next requests arrive while the stream is paused: the hang-up check sees them (behind TLS it has to
+    # read them, and must hand them on to the next request).
+    double.script(delay=0.15, tokens=["a", "b", "c"])
+    version = "GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    sock = raw_request(double.url, generate_request(HELLO))
+    try:
+        data = sock.recv(65536)
+        assert data.startswith(b"HTTP/1.1 200 OK")
+        sock.sendall((generate_request({**HELLO, "stream": False}) + version).encode())
+        data += read_until_closed(sock, 5.0)
+    finally:
+        sock.close()
+    assert data.count(b"HTTP/1.1 200 OK\r\n") == 3 and data.endswith(b'{"version":"0.33.0"}')
+    assert b'"response":"abc"' in data
+    (rec,) = double.streams
+    assert rec["completed"] and not rec["client_gone"] and rec["lines_sent"] == 4
+    assert [r["path"] for r in double.requests] == ["/api/generate", "/api/generate", "/api/version"]
+
+
+def test_tls_stop_wakes_hangs_and_idle_connections(tls_files):
+    d = OllamaDouble(tls=tls_files[0]).start()
+    CA_FILES[d.url] = tls_files[1]
+    try:
+        idle = http_connection(d)
+        idle.request("GET", "/api/version")
+        idle.getresponse().read()
+        d.script(fault="hang")
+        hung = raw_request(d.url, generate_request(HELLO))
+        time.sleep(0.1)
+        started = time.monotonic()
+        d.stop()
+        assert time.monotonic() - started < 2.0 and not d._thread.is_alive()
+        assert read_until_closed(hung, 1.0) == b"" and read_until_closed(idle.sock, 1.0) == b""
+        hung.close()
+        idle.close()
+    finally:
+        d.stop()
+        CA_FILES.pop(d.url, None)
+
+
+# -- status faults on the /v1 routes -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fault, status, kind", [
+    ("busy", 503, "api_error"), ("status_500", 500, "api_error"), ("bad_request", 400, "invalid_request_error"),
+])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+@pytest.mark.parametrize("stream", [True, False])
+def test_status_faults_on_v1(double, fault, status, kind, path, stream):
+    from tests.ollama_double.transport import STATUS_FAULTS
+    double.script(fault=fault)
+    body = {"model": "llama3.2", "stream": stream}
+    body.update({"messages": [{"role": "user", "content": "hi"}]} if "chat" in path else {"prompt": "hi"})
+    resp = post(double, path, body)
+    # The scheduler's refusal, through the /v1 writer: OpenAI's shape, json.Encoder's newline.
+    assert resp.status_code == status
+    assert (resp.headers["Content-Type"], resp.content[-2:]) == ("application/json", b"}\n")
+    assert resp.json() == {"error": {"message": STATUS_FAULTS[fault][1], "type": kind, "param": None, "code": None}}
+    assert all(s["closed_at"] is not None and not s["completed"] for s in double.streams)
+
+
+def test_faults_leave_embeddings_alone(double):
+    double.script(fault="busy")
+    assert post(double, "/api/embed", {"model": "all-minilm", "input": "x"}).status_code == 200
+    assert post(double, "/v1/embeddings", {"model": "all-minilm", "input": "x"}).status_code == 200
+    assert get(double, "/v1/models").status_code == 200
+    assert post(double, "/api/generate", {"model": "llama3.2"}).status_code == 503  # load-only too

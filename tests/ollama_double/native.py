@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import hashlib
@@ -30,7 +31,6 @@ from .wire import (
     parse_ref,
     plan_reply,
     prompt_count,
-    ps_entry,
     ref_base,
     renormalise,
     show_payload,
@@ -160,8 +160,18 @@ class NativeRoutes:
         self.send_json({"models": [tags_entry(m) for m in self.double.models]})
 
     def api_ps(self):
-        loaded = [m for m in self.double.models if "completion" in m["capabilities"]][:1]
-        self.send_json({"models": [ps_entry(m) for m in loaded]})
+        self.send_json(self.double._ps_body())  # see OllamaDouble.set_loaded / loaded
+
+    @contextlib.contextmanager
+    def serving(self, model: dict, keep_alive=None):
+        """The scheduler handed out a runner: `model` is loaded (for keep_alive ns; None: the default 5m),
+        and with keep_alive 0 unloaded again once the request is over, whatever way it ends."""
+        self.double._load(model, keep_alive)
+        try:
+            yield
+        finally:
+            if keep_alive == 0:
+                self.double._unload(model)
 
     def api_show(self):
         req = self.bind(go.SHOW)
@@ -228,7 +238,9 @@ class NativeRoutes:
         model, unload = self.check_generation(req, chat)
         name = req.get("model", "")
         if unload:
+            self.double._unload(model)
             return self.send_json({**_piece(chat, name, created_at=timestamp()), "done": True, "done_reason": "unload"})
+        keep_alive = req.get("keep_alive")
         script = self.script
         stream = req.get("stream") is not False  # absent (or null) means stream
         messages = req.get("messages") or []
@@ -241,7 +253,9 @@ class NativeRoutes:
         if not (messages if chat else prompt):
             # Load-only request: one object even when streaming was asked for.
             self.prelude(script)
-            return self.send_json({**_piece(chat, name, created_at=timestamp()), "done": True, "done_reason": "load"})
+            with self.serving(model, keep_alive):
+                return self.send_json({**_piece(chat, name, created_at=timestamp()), "done": True,
+                                       "done_reason": "load"})
         reply = plan(model, req, script, prompt, chat, messages)
         final = _final(chat, name, reply, n_prompt, script, req, prompt)
         items = [_piece(chat, name, thinking=t, logprobs=lp) for t, lp in reply.thinking]
@@ -256,14 +270,16 @@ class NativeRoutes:
             rec = self.double._open_stream(self.route, name)
             self.prelude(script, rec)
             early = (500, dumps({"error": RUNNER_ERROR}), PLAIN_JSON)
-            return self.stream(rec, [[it] for it in items + [final]], NDJSON_TYPE, encode_line, BAD_NDJSON,
-                               ERROR_NDJSON, early)
+            with self.serving(model, keep_alive):
+                return self.stream(rec, [[it] for it in items + [final]], NDJSON_TYPE, encode_line, BAD_NDJSON,
+                                   ERROR_NDJSON, early)
         self.prelude(script)
         whole = _whole(chat, name, reply, final)
         body = dumps(whole)
         if target and len(body) < target:
             body = dumps(pad_text(whole, filler(target - len(body))))
-        self.finish_unstreamed(script, len(items) + 1, body, BAD_NDJSON.rstrip())
+        with self.serving(model, keep_alive):
+            self.finish_unstreamed(script, len(items) + 1, body, BAD_NDJSON.rstrip())
 
     # -- embeddings -----------------------------------------------------------------------------------------
 
@@ -287,6 +303,10 @@ class NativeRoutes:
         problem = go.option_error(req.get("options"))
         if problem:
             raise ApiError(500, problem)
+        with self.serving(model, req.get("keep_alive")):
+            self._embed(name, model, req, texts)
+
+    def _embed(self, name: str, model: dict, req: dict, texts: list):
         if not texts:  # "" or [] only loads the model
             return self.send_json({"model": name, "embeddings": []})
         limit = 512 if "embedding" in model["capabilities"] else 131072
@@ -311,7 +331,8 @@ class NativeRoutes:
             raise ApiError(500, problem)
         prompt = req.get("prompt") or ""
         # The legacy endpoint returns an unnormalised float64 vector.
-        self.send_json({"embedding": [x * 7.5 for x in embed_vector(prompt)] if prompt else []})
+        with self.serving(model, req.get("keep_alive")):
+            self.send_json({"embedding": [x * 7.5 for x in embed_vector(prompt)] if prompt else []})
 
     # -- model management -----------------------------------------------------------------------------------
 

@@ -274,7 +274,8 @@ class OpenAIRoutes:
             n_prompt = prompt_count(prompt)
             if not prompt:  # the generate handler's load-only answer, through the completions writer
                 self.prelude(script)
-                return self._completion_load(base, stream, include_usage)
+                with self.serving(model):
+                    return self._completion_load(base, stream, include_usage)
         reply = plan(model, native, script, prompt, chat, messages)
         usage = {"prompt_tokens": n_prompt, "completion_tokens": reply.eval_count}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
@@ -320,8 +321,10 @@ class OpenAIRoutes:
 
             early = (500, dumps(_error_body(500, "an error was encountered while running the model")) + b"\n",
                      PLAIN_JSON)
-            return self.stream(rec, groups, SSE_TYPE, pad_encode, BAD_SSE, error_line, early)
+            with self.serving(model):
+                return self.stream(rec, groups, SSE_TYPE, pad_encode, BAD_SSE, error_line, early)
         self.prelude(script)
+        self.double._load(model, None)
         text = "".join(t for t, _ in reply.tokens)
         logprobs = [lp for _, lps in reply.thinking + reply.tokens if lps for lp in lps]
         if chat:
@@ -383,6 +386,7 @@ class OpenAIRoutes:
             raise ApiError(400, "invalid input type")
         if model is None:
             raise ApiError(404, f"model {go_quote(name)} not found, try pulling it first")
+        self.double._load(model, None)
         dims = req.get("dimensions", 0)
         data = []
         for i, text in enumerate(texts):

@@ -4,13 +4,19 @@ Framing as Go's net/http does it: a response is buffered up to 2048 bytes; a han
 that gets Content-Length, anything longer goes out chunked (HEAD: neither header). Streams are chunked and
 flushed as Ollama flushes them; with the script's `framing: "odd"` (the default) the chunk boundaries are
 shuffled the way proxies and TCP may shuffle them (see Framer).
+
+Behind TLS (OllamaDouble(tls=...)) the same bytes go through an ssl.SSLSocket; the handshake runs in the
+connection's thread, and noticing a departed client reads ahead instead of peeking (see _peer_alive_tls).
 """
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import random
+import select
 import socket
+import ssl
 import time
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import unquote, urlsplit
@@ -19,6 +25,9 @@ from .gojson import BodyError, Struct, bind
 from .wire import RUNNER_ERROR, dumps, timestamp
 
 POLL = 0.01  # seconds between checks for a departed client or a reset/stop
+HANDSHAKE_TIMEOUT = 10.0  # seconds a TLS client may take to finish its handshake
+READ_AHEAD_LIMIT = 1 << 20  # pipelined bytes a TLS liveness check will hold for the next request
+PLAIN_HTTP_REFUSAL = b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
 GO_BUFFER = 2048  # net/http's bufferBeforeChunkingSize
 JSON_TYPE = "application/json; charset=utf-8"
 STATUS_FAULTS = {
@@ -48,6 +57,48 @@ class ApiError(Exception):
 
 class Abandon(Exception):
     """The request ends without a (further) response: the client left, or reset()/stop() interrupted it."""
+
+
+def raw_shutdown(sock, how=socket.SHUT_RDWR):
+    """shutdown() of the TCP connection under `sock`. On an SSLSocket, SSLSocket.shutdown would also drop
+    the TLS state (later reads and writes then go around TLS, or fail with ValueError in another thread);
+    the base method leaves it alone and sends no close_notify: the peer sees the connection die."""
+    try:
+        socket.socket.shutdown(sock, how)
+    except OSError:
+        pass
+
+
+def _plain_http_refusal(sock):
+    """What Go's net/http answers a plain HTTP request on a TLS port, then the end of the connection (after
+    draining the request, so that closing does not reset the connection under the answer)."""
+    try:
+        socket.socket.sendall(sock, PLAIN_HTTP_REFUSAL)
+        raw_shutdown(sock, socket.SHUT_WR)
+        sock.settimeout(0.5)
+        while socket.socket.recv(sock, 65536):
+            pass
+    except OSError:
+        pass
+
+
+class _ReadAhead(io.RawIOBase):
+    """The raw stream under a TLS connection's rfile: bytes a liveness check read ahead, then the socket."""
+
+    def __init__(self, sock, held: bytearray):
+        super().__init__()
+        self.sock, self.held = sock, held
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self.held:
+            n = min(len(buffer), len(self.held))
+            buffer[:n] = self.held[:n]
+            del self.held[:n]
+            return n
+        return self.sock.recv_into(buffer)
 
 
 def origin_allowed(origin: str) -> bool:
@@ -162,9 +213,24 @@ class Transport(BaseHTTPRequestHandler):
     control_routes: dict = {}
 
     def setup(self):
+        self._held = None
+        if isinstance(self.request, ssl.SSLSocket):
+            # A failed or abandoned handshake raises an OSError (ssl.SSLError), which the server ignores.
+            self.request.settimeout(HANDSHAKE_TIMEOUT)
+            try:
+                self.request.do_handshake()
+            except ssl.SSLError as err:
+                if err.reason == "HTTP_REQUEST":
+                    _plain_http_refusal(self.request)
+                raise
+            self.request.settimeout(None)
         super().setup()
         # One small chunk per token must leave at once instead of waiting for Nagle's algorithm.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if isinstance(self.connection, ssl.SSLSocket):
+            self._held = bytearray()
+            self.rfile.close()
+            self.rfile = io.BufferedReader(_ReadAhead(self.connection, self._held))
 
     def log_message(self, format, *args):  # noqa: A002 - signature fixed by the base class
         if getattr(self.server, "verbose", False):
@@ -357,6 +423,8 @@ class Transport(BaseHTTPRequestHandler):
 
     def _peer_alive(self, timeout: float) -> bool:
         # A peeked read returning b"" is the client's FIN; a timeout means it is quietly waiting.
+        if self._held is not None:
+            return self._peer_alive_tls(timeout)
         sock = self.connection
         started = time.monotonic()
         try:
@@ -375,6 +443,41 @@ class Transport(BaseHTTPRequestHandler):
             time.sleep(max(0.0, timeout - (time.monotonic() - started)))
         return bool(data)
 
+    def _peer_alive_tls(self, timeout: float) -> bool:
+        """_peer_alive for an SSLSocket, which has no MSG_PEEK (and raw bytes are ciphertext): wait with
+        select() (or take what OpenSSL already decrypted, pending()), then read without blocking and keep
+        what came for the next request (see _ReadAhead), as Go's net/http background read does. b"" is
+        the client's close_notify or its FIN (with or without close_notify); a partial record or a TLS
+        message without data reads as nothing yet."""
+        sock = self.connection
+        started = time.monotonic()
+        if len(self._held) >= READ_AHEAD_LIMIT:
+            time.sleep(timeout)
+            return True
+        try:
+            ready = sock.pending() > 0 or bool(select.select([sock], [], [], timeout)[0])
+        except (OSError, ValueError):
+            return False
+        if not ready:
+            return True
+        try:
+            sock.setblocking(False)
+            data = sock.recv(65536)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            return True
+        except (OSError, ValueError):
+            return False
+        finally:
+            try:
+                sock.setblocking(True)
+            except OSError:
+                pass
+        if not data:
+            return False
+        self._held += data  # pipelined bytes, not a hang-up: keep them and sleep instead of spinning
+        time.sleep(max(0.0, timeout - (time.monotonic() - started)))
+        return True
+
     def close_stream(self, rec, completed=False, gone=False):
         """Finish a stream record (no-op without one)."""
         if rec is not None:
@@ -391,11 +494,9 @@ class Transport(BaseHTTPRequestHandler):
             raise ApiError(*STATUS_FAULTS[script["fault"]])
 
     def drop(self, rec=None):
-        """Close the TCP connection mid-response (a FIN, so lines already sent still arrive)."""
-        try:
-            self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        """Close the TCP connection mid-response (a FIN, so lines already sent still arrive; behind TLS,
+        without close_notify)."""
+        raw_shutdown(self.connection)
         self.close_stream(rec)
         raise Abandon
 

@@ -241,11 +241,11 @@ def tags_entry(model: dict) -> dict:
     return entry
 
 
-def ps_entry(model: dict) -> dict:
-    """The /api/ps view: loaded for another five minutes."""
+def ps_entry(model: dict, expires_ns: int | None = None) -> dict:
+    """The /api/ps view: loaded until `expires_ns` (time.time_ns() scale; default: another five minutes)."""
     entry = {key: model[key] for key in TAG_KEYS if key != "modified_at"}
     entry["details"] = {k: model["details"][k] for k in DETAIL_KEYS}
-    expires = timestamp(time.time_ns() + 300 * 1_000_000_000, local=True)
+    expires = timestamp(time.time_ns() + 300 * 1_000_000_000 if expires_ns is None else expires_ns, local=True)
     return {**entry, "expires_at": expires, "size_vram": model["size"], "context_length": 4096}
 
 
