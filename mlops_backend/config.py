@@ -6,9 +6,12 @@ import dataclasses
 import ipaddress
 import os
 from collections.abc import Mapping
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
+
+# upstream/ imports no HTTP library at module level: the master reads this before gevent patches ssl.
+from .upstream.upstreams import UpstreamSpec, UpstreamsError, check_url, from_file, from_urls
 
 PLACEHOLDER_KEY = "your-secret-api-key-change-this"
 _TRUE = {"1", "true", "yes", "on"}
@@ -43,15 +46,10 @@ def _number(kind, minimum=None, maximum=None):
 
 
 def _url(name, raw):
-    value = raw.strip().rstrip("/")
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{name}={raw!r} is not an http(s) URL such as http://localhost:11434")
     try:
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} has an invalid port") from None
-    return value
+        return check_url(raw, name)
+    except UpstreamsError as error:
+        raise ConfigError(str(error)) from None
 
 
 def _origins(name, raw):
@@ -135,7 +133,26 @@ def _setting(env, default, parse, doc):
 class Config:
     """Every setting of the gateway; `Config.from_env()` builds it, `SETTINGS` documents it."""
 
-    ollama_base_url: str = _setting("OLLAMA_BASE_URL", "http://localhost:11434", _url, "Ollama server the gateway relays to")
+    ollama_base_url: str = _setting("OLLAMA_BASE_URL", "http://localhost:11434", _url,
+                                    "Ollama server the gateway relays to (when it fronts one)")
+    ollama_base_urls: str = _setting("OLLAMA_BASE_URLS", "", _text,
+                                     "Several Ollama servers, URLs separated by commas (or ;), named host:port")
+    ollama_upstreams_file: str = _setting("OLLAMA_UPSTREAMS_FILE", "", _text,
+                                          "TOML file of [[upstreams]] (name, url, weight, max_parallel, models, ca_bundle)")
+    upstream_refresh_seconds: float = _setting(
+        "UPSTREAM_REFRESH_SECONDS", "5", _number(float, 0.1),
+        "With several upstreams: how often each one's models (/api/tags, /api/ps) and health are read",
+    )
+    upstream_retries: int = _setting(
+        "UPSTREAM_RETRIES", "2", _number(int, 0), "Other upstreams tried when one fails before its first byte"
+    )
+    upstream_failures: int = _setting(
+        "UPSTREAM_FAILURES", "3", _number(int, 1), "Failures in a row that take an upstream out (open its circuit)"
+    )
+    upstream_cooldown_seconds: float = _setting(
+        "UPSTREAM_COOLDOWN_SECONDS", "10", _number(float, 0.1),
+        "How long an upstream stays out before one request probes it again",
+    )
     api_key: str = _setting("API_KEY", "", _text, "Shared key clients send in X-API-Key or Authorization: Bearer")
     api_key_scopes: frozenset = _setting(
         "API_KEY_SCOPES", "use,admin", _scopes, "Scopes of the shared API_KEY (and of everyone when AUTH_ENABLED=false)"
@@ -242,6 +259,8 @@ class Config:
     log_prompts: bool = _setting(
         "LOG_PROMPTS", "false", _boolean, "Put prompts and messages in the request log lines (off: they are never logged)"
     )
+    #: The Ollama servers (upstream.upstreams.UpstreamSpec), from the three settings above.
+    upstreams: tuple = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, env_file: str | None = ".env") -> Config:
@@ -258,12 +277,15 @@ class Config:
         parsed = {}
         for field in dataclasses.fields(cls):
             meta = field.metadata
+            if "env" not in meta:
+                continue
             raw = str(values.get(meta["env"]) or "").strip() or meta["default"]
             # An unset optional number stays None and takes its value from another setting below.
             parsed[field.name] = None if raw == "" and meta["parse"] is not _text else meta["parse"](meta["env"], raw)
         parsed["ollama_first_byte_timeout"] = parsed["ollama_first_byte_timeout"] or parsed["ollama_timeout"]
         parsed["ollama_chunk_timeout"] = parsed["ollama_chunk_timeout"] or parsed["ollama_timeout"]
         parsed["open_upstream_routes"] = parsed["open_upstream_routes"] or ()
+        parsed["upstreams"] = _upstreams(parsed)
         parsed["stream_status_wait"] = min(parsed["stream_status_wait"], parsed["sse_heartbeat_seconds"])
         config = cls(**parsed)
         config.check_security()
@@ -281,14 +303,22 @@ class Config:
             raise ConfigError(f"API_KEY is {what}: set a secret key (or API_KEYS_FILE), "
                               "or AUTH_ENABLED=false to run without auth")
 
-    @property
-    def public_ollama_url(self) -> str:
-        """Return the Ollama URL with any user:password removed, safe to show to clients."""
-        parts = urlsplit(self.ollama_base_url)
-        netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
-        if ":" in parts.hostname:
-            netloc = f"[{parts.hostname}]" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-SETTINGS = [(f.metadata["env"], f.metadata["default"], f.metadata["doc"]) for f in dataclasses.fields(Config)]
+def _upstreams(parsed: dict) -> tuple:
+    """The Ollama servers: OLLAMA_UPSTREAMS_FILE, else OLLAMA_BASE_URLS, else OLLAMA_BASE_URL alone."""
+    try:
+        if parsed["ollama_upstreams_file"] and parsed["ollama_base_urls"]:
+            raise UpstreamsError("OLLAMA_UPSTREAMS_FILE and OLLAMA_BASE_URLS are both set: keep one")
+        if parsed["ollama_upstreams_file"]:
+            return from_file(parsed["ollama_upstreams_file"])
+        if parsed["ollama_base_urls"]:
+            return from_urls(parsed["ollama_base_urls"], "OLLAMA_BASE_URLS")
+    except UpstreamsError as error:
+        raise ConfigError(str(error)) from None
+    url = parsed["ollama_base_url"]
+    return (UpstreamSpec(from_urls(url, "OLLAMA_BASE_URL")[0].name, url),)
+
+
+SETTINGS = [(f.metadata["env"], f.metadata["default"], f.metadata["doc"]) for f in dataclasses.fields(Config)
+            if "env" in f.metadata]

@@ -1,4 +1,4 @@
-"""The gateway's per-app state (config, Ollama client, schemas, keys, limits, usage) and CORS."""
+"""The gateway's per-app state (config, upstream router, schemas, keys, limits, usage) and CORS."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ from flask import current_app
 from flask_cors import CORS
 
 from .config import Config
+from .observability.metrics import CountedInFlight, UpstreamHooks
 from .security.keys import KeyRing
+from .security.slots import InFlight, MemorySlots, slots_for
 from .upstream.client import OllamaClient
+from .upstream.router import NoCounter, Router
 from .schemas import ChatRequest, EmbedRequest, GenerateRequest, PullRequest, request_schema
 from .observability.usage import UsageStore
 
@@ -22,30 +25,41 @@ class Gateway:
     """What the views need, built once per app from the config."""
 
     config: Config
-    ollama: OllamaClient
+    upstreams: Router
     schemas: dict
     keys: KeyRing
     usage: UsageStore
+    slots: object  # security.slots: generations in flight per key, and the upstreams' in-flight counts
     limits: object = None  # RateLimits, bound to the app by the factory
 
     @classmethod
     def build(cls, config: Config) -> Gateway:
-        """Create the client, the request schemas (bound to the config's limits), the keys and the usage store."""
+        """Create the upstream router and clients, the request schemas (bound to the config's limits), the keys,
+        the limits and the usage store."""
         from .security.rate_limits import RateLimits
 
         schemas = {name: request_schema(schema, config)
                    for name, schema in (("generate", GenerateRequest), ("chat", ChatRequest), ("embed", EmbedRequest),
                                         ("pull", PullRequest))}
-        gateway = cls(config, OllamaClient.from_config(config), schemas, KeyRing(config.api_key, config.api_keys_file, config.api_key_scopes),
-                      UsageStore(config.database_url, config.usage_flush_seconds))
+        slots = slots_for(config.rate_limit_storage, config.slot_lease_seconds)
+        # In-flight counts per upstream: per worker on memory://, shared by every worker and instance on Redis.
+        counter = NoCounter() if isinstance(slots, MemorySlots) else InFlight(slots)
+        router = Router(config.upstreams, lambda spec: OllamaClient.from_config(config, spec),
+                        counter=CountedInFlight(counter), hooks=UpstreamHooks(),
+                        refresh_seconds=config.upstream_refresh_seconds, retries=config.upstream_retries,
+                        failures=config.upstream_failures, cooldown=config.upstream_cooldown_seconds,
+                        health_timeout=config.health_timeout)
+        gateway = cls(config, router, schemas, KeyRing(config.api_key, config.api_keys_file, config.api_key_scopes),
+                      UsageStore(config.database_url, config.usage_flush_seconds), slots)
         gateway.limits = RateLimits(gateway)
+        router.start()
         return gateway
 
     def close(self) -> None:
         """Release the Ollama connections and write pending usage (tests build many apps)."""
-        self.ollama.close()
+        self.upstreams.close()
         self.usage.close()
-        self.limits.close()
+        self.slots.close()
 
 
 def current_gateway() -> Gateway:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from marshmallow import INCLUDE, Schema, fields
+from marshmallow import INCLUDE, Schema, fields, validate
 
 from .schemas import ToolCall
 
@@ -126,6 +126,8 @@ class Model(Schema):
     size = fields.Integer(metadata={"example": 2019393189})
     digest = fields.String(metadata={"example": "a80c4f17acd55265feec403c7aef86be0c25983ab279d83f3bcd3abbcb5b8b72"})
     details = fields.Nested(ModelDetails)
+    upstreams = fields.List(fields.String(), metadata={"description": "The Ollama servers that have it (by name)",
+                                                       "example": ["gpu-1", "gpu-2"]})
 
 
 class ModelsResponse(Schema):
@@ -162,13 +164,27 @@ class Liveness(Schema):
 
 
 class OllamaInfo(Schema):
-    url = fields.String(metadata={"example": "http://localhost:11434"})
-    version = fields.String(metadata={"example": "0.12.6"})
+    url = fields.String(metadata={"description": "Only for an admin key", "example": "http://localhost:11434"})
+    version = fields.String(metadata={"example": "0.33.0"})
+
+
+class UpstreamState(Schema):
+    """One Ollama server behind the gateway, as the readiness probe found it."""
+
+    name = fields.String(metadata={"example": "gpu-1"})
+    status = fields.String(validate=validate.OneOf(["up", "down"]), metadata={"example": "up"})
+    version = fields.String(metadata={"example": "0.33.0"})
+    models = fields.Integer(allow_none=True, metadata={"description": "Installed models, as last discovered (null "
+                                                                      "with one upstream: nothing is discovered)"})
+    in_flight = fields.Integer(metadata={"example": 2})
+    url = fields.String(metadata={"description": "Only for an admin key; never with credentials"})
+    error = fields.String(metadata={"description": "Why it is down"})
 
 
 class Readiness(Schema):
     status = fields.String(metadata={"example": "healthy"})
-    ollama = fields.Nested(OllamaInfo)
+    upstreams = fields.List(fields.Nested(UpstreamState))
+    ollama = fields.Nested(OllamaInfo, metadata={"description": "With one upstream: its version (and URL, for admin)"})
 
 
 class FieldError(Schema):

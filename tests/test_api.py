@@ -36,19 +36,23 @@ def test_liveness_answers_without_key_and_never_calls_ollama(gateway, double):
     assert double.requests == []
 
 
-def test_readiness_reports_ollama_version_and_url(gateway):
+def test_readiness_reports_ollama_version_and_the_url_only_to_admin_keys(gateway, double):
     response = requests.get(gateway.url + "/api/llm/health")
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "healthy"
-    assert body["ollama"]["version"] == VERSION  # what the double reports, as Ollama would
-    assert body["ollama"]["url"].startswith("http://127.0.0.1:")
+    assert body["ollama"] == {"version": VERSION}  # what the double reports, as Ollama would; no URL
+    (upstream,) = body["upstreams"]
+    assert upstream["name"] == double.url.split("//")[1] and upstream["status"] == "up"
+    assert upstream["version"] == VERSION and "url" not in upstream
+    admin = requests.get(gateway.url + "/api/llm/health", headers=AUTH).json()
+    assert admin["ollama"]["url"] == double.url and admin["upstreams"][0]["url"] == double.url
 
 
 def test_readiness_strips_credentials_from_the_url(start_gateway, double):
     host = double.url.split("//")[1]
     gw = start_gateway(OLLAMA_BASE_URL=f"http://admin:s3cret@{host}")
-    response = requests.get(gw.url + "/api/llm/health")
+    response = requests.get(gw.url + "/api/llm/health", headers=AUTH)
     assert response.json()["ollama"]["url"] == f"http://{host}"
     wait_for_access_line(gw, response.headers["X-Request-ID"])  # written when the response ends
     assert "s3cret" not in gw.log()

@@ -65,7 +65,72 @@ def test_env_file_is_read_and_environment_wins(tmp_path):
 
 def test_public_url_drops_credentials():
     config = Config.from_mapping({**KEY, "OLLAMA_BASE_URL": "https://user:pw@ollama.internal:8443/base"})
-    assert config.public_ollama_url == "https://ollama.internal:8443/base"
+    (upstream,) = config.upstreams
+    assert upstream.public_url == "https://ollama.internal:8443/base" and upstream.name == "ollama.internal:8443"
+
+
+def test_one_base_url_is_one_upstream_named_by_host_and_port():
+    (upstream,) = Config.from_mapping(KEY).upstreams
+    assert (upstream.name, upstream.url, upstream.weight, upstream.max_parallel) == (
+        "localhost:11434", "http://localhost:11434", 1.0, 4)
+
+
+def test_base_urls_take_commas_or_semicolons():
+    config = Config.from_mapping({**KEY, "OLLAMA_BASE_URLS": "http://gpu1:11434, http://gpu2:11434;https://gpu3"})
+    assert [u.name for u in config.upstreams] == ["gpu1:11434", "gpu2:11434", "gpu3:443"]
+
+
+UPSTREAMS = """
+[[upstreams]]
+name = "gpu-1"
+url = "http://10.0.0.1:11434"
+weight = 2
+max_parallel = 8
+models = ["llama3.2", "qwen3"]
+
+[[upstreams]]
+name = "gpu-2"
+url = "https://user:pw@gpu2.internal"
+ca_bundle = "ca.pem"
+"""
+
+
+def test_upstreams_file_names_each_upstream_and_its_settings(tmp_path):
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    path = tmp_path / "upstreams.toml"
+    path.write_text(UPSTREAMS)
+    first, second = Config.from_mapping({**KEY, "OLLAMA_UPSTREAMS_FILE": str(path)}).upstreams
+    assert (first.name, first.weight, first.max_parallel, first.models) == ("gpu-1", 2.0, 8, ("llama3.2", "qwen3"))
+    assert second.ca_bundle == str(tmp_path / "ca.pem") and second.public_url == "https://gpu2.internal"
+
+
+@pytest.mark.parametrize("entry,message", [
+    ('name = "a"', "upstreams[0] (a): url is required"),
+    ('name = "a"\nurl = "ftp://x"', "is not an http(s) URL"),
+    ('name = "a b"\nurl = "http://x"', "name must be"),
+    ('name = "a"\nurl = "http://x"\nweight = 0', "weight must be a number above 0"),
+    ('name = "a"\nurl = "http://x"\nmax_parallel = 0', "max_parallel must be an integer of at least 1"),
+    ('name = "a"\nurl = "http://x"\nmodels = "llama3.2"', "models must be a list"),
+    ('name = "a"\nurl = "https://x"\nca_bundle = "missing.pem"', "is not a file"),
+    ('name = "a"\nurl = "http://x"\ntoken = "s"', "unknown fields ['token']"),
+])
+def test_a_bad_upstream_stops_start_up_naming_it(tmp_path, entry, message):
+    path = tmp_path / "upstreams.toml"
+    path.write_text(f"[[upstreams]]\n{entry}\n")
+    with pytest.raises(ConfigError, match="upstreams") as caught:
+        Config.from_mapping({**KEY, "OLLAMA_UPSTREAMS_FILE": str(path)})
+    assert message in str(caught.value) and str(path) in str(caught.value)
+
+
+def test_two_upstreams_with_one_name_or_url_are_refused(tmp_path):
+    path = tmp_path / "upstreams.toml"
+    path.write_text('[[upstreams]]\nname = "a"\nurl = "http://x"\n[[upstreams]]\nname = "a"\nurl = "http://y"\n')
+    with pytest.raises(ConfigError, match="the name 'a' appears twice"):
+        Config.from_mapping({**KEY, "OLLAMA_UPSTREAMS_FILE": str(path)})
+    with pytest.raises(ConfigError, match="appears twice"):
+        Config.from_mapping({**KEY, "OLLAMA_BASE_URLS": "http://x:1,http://x:1"})
+    with pytest.raises(ConfigError, match="keep one"):
+        Config.from_mapping({**KEY, "OLLAMA_BASE_URLS": "http://x:1", "OLLAMA_UPSTREAMS_FILE": str(path)})
 
 
 def test_every_setting_is_in_env_example_and_readme():

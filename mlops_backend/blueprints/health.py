@@ -7,7 +7,8 @@ from flask import Blueprint
 from .. import __version__
 from ..errors import problem_response, register_error_handlers
 from ..extensions import current_gateway
-from ..upstream.client import OllamaError
+from ..security.auth import identify
+from ..upstream import views
 
 bp = Blueprint("health", __name__)
 register_error_handlers(bp)
@@ -31,26 +32,36 @@ def liveness():
 
 @bp.get("/api/llm/health")
 def readiness():
-    """Readiness: Ollama answers its version within OLLAMA_HEALTH_TIMEOUT seconds.
+    """Readiness: at least one Ollama server answers its version within OLLAMA_HEALTH_TIMEOUT seconds.
     ---
     tags: [health]
     security: []
     responses:
       200:
-        description: Ollama is reachable.
+        description: |
+          At least one upstream is up. `upstreams` lists each by name: `status` (up/down), `version`,
+          `models` (how many it has installed, as last discovered), `in_flight`; with an admin key,
+          also its `url` (without credentials). With one upstream, `ollama` repeats its version.
         content:
           application/json:
             schema: Readiness
       503:
-        description: Ollama did not answer in time, or not at all.
+        description: No upstream answered in time, or at all.
         content:
           application/problem+json:
             schema: Problem
     """
     gateway = current_gateway()
-    url = gateway.config.public_ollama_url
-    try:
-        version = gateway.ollama.version(gateway.config.health_timeout)
-    except OllamaError as exc:
-        return problem_response(503, "Ollama not ready", exc.detail, "not-ready", ollama={"url": url})
-    return {"status": "healthy", "ollama": {"url": url, "version": version}}
+    router = gateway.upstreams
+    key = identify(gateway)
+    admin = key is not None and key.has_scope("admin")
+    states = views.health(router, gateway.config.health_timeout)
+    listed = [{**state, "url": upstream.spec.public_url} if admin else state for upstream, state in states]
+    up = [state for state in listed if state["status"] == "up"]
+    extra = {"upstreams": listed}
+    if router.single:
+        extra["ollama"] = {key: listed[0][key] for key in ("version", "url") if key in listed[0]}
+    if not up:
+        detail = "; ".join(f"{state['name']}: {state.get('error', 'out of rotation')}" for state in listed)
+        return problem_response(503, "Ollama not ready", detail, "not-ready", **extra)
+    return {"status": "healthy", **extra}

@@ -1,19 +1,21 @@
-"""The keyed LLM routes: models, generate, chat and embed, whole or streamed as SSE."""
+"""The keyed LLM routes: generate, chat and embed, whole or streamed as SSE, each routed to an upstream."""
 
 from __future__ import annotations
 
 from flask import Blueprint, json, request
 from marshmallow import ValidationError
 
-from ..observability import observe
-
-from ..streaming import sse
-from ..security.auth import authenticate, permit_model, require_scope
 from ..errors import ApiError, register_error_handlers
 from ..extensions import current_gateway
+from ..observability import observe
+from ..security.auth import authenticate
+from ..streaming import sse
+from ..upstream.router import SESSION_HEADER, session_key
+from .common import guard, json_body, use_model
 
 bp = Blueprint("llm", __name__)
 register_error_handlers(bp)
+bp.before_request(guard)
 
 STATISTICS = ("done", "done_reason", "total_duration", "load_duration", "prompt_eval_count",
               "prompt_eval_duration", "eval_count", "eval_duration")
@@ -32,36 +34,10 @@ def pick(result: dict, keys: tuple) -> dict:
     return answer
 
 
-@bp.before_request
-def guard():
-    """Cap the body, then check the key and its scope (the request id is assigned before, so a 401 carries it)."""
-    gateway = current_gateway()
-    request.max_content_length = gateway.config.max_body_bytes
-    require_scope(authenticate(gateway), "use")
-
-
-def use_model(model: str) -> str:
-    """Check the key may use `model`, and note it for usage, metrics and the log line."""
-    permit_model(authenticate(current_gateway()), model)
-    return model
-
-
 def counted(result: dict) -> dict:
     """Note an answer's token counts, and pass it on."""
     observe.current().statistics(result)
     return result
-
-
-def json_body() -> dict:
-    """Read the body as a JSON object, or fail with 400 (413 past the size limit, before reading it all)."""
-    raw = request.get_data(cache=False)
-    try:
-        body = json.loads(raw) if raw else None
-    except ValueError as exc:
-        raise ApiError(400, "Malformed JSON", f"The body is not valid JSON: {exc}", slug="malformed-json") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "Malformed JSON", "The body must be a JSON object", slug="malformed-json")
-    return body
 
 
 def payload(kind: str) -> dict:
@@ -79,27 +55,18 @@ def payload(kind: str) -> dict:
     return data
 
 
-@bp.get("/api/llm/models")
-def models():
-    """List the models installed on Ollama.
-    ---
-    tags: [llm]
-    responses:
-      200:
-        description: Installed models, each with every field Ollama reports.
-        content:
-          application/json:
-            schema: ModelsResponse
-    """
-    key = authenticate(current_gateway())
-    return {"models": key.visible(current_gateway().ollama.tags())}
+def route(body: dict) -> dict:
+    """Where a generation goes: its model, its conversation (X-Session-ID, or its first messages), and the
+    observation that learns which upstream served it."""
+    return {"model": body["model"], "session": session_key(request.headers.get(SESSION_HEADER), body.get("messages")),
+            "note": observe.current().served_by}
 
 
 def generation(path: str, body: dict) -> dict:
     """Run a whole generation, holding one of the key's slots for generations in flight."""
     gateway = current_gateway()
     observe.current().on_finish.append(gateway.limits.acquire_slot(authenticate(gateway)))
-    return counted(gateway.ollama.call(path, body))
+    return counted(gateway.upstreams.call(path, body, **route(body)))
 
 
 @bp.post("/api/llm/generate")
@@ -160,41 +127,9 @@ def relay(path: str, body: dict, **framing):
     config = gateway.config
     observation = observe.current()
     observation.on_finish.append(gateway.limits.acquire_slot(authenticate(gateway)))
-    return sse.stream_response(lambda: gateway.ollama.open_stream(path, body), config.sse_heartbeat_seconds,
-                               config.stream_status_wait, observation, **framing)
-
-
-@bp.get("/api/llm/models/<path:name>")
-def model_details(name):
-    """Show one model: capabilities, parameters, template, details and model_info.
-    ---
-    tags: [models]
-    parameters:
-      - {name: name, in: path, required: true, schema: {type: string}, example: "llama3.2:latest"}
-    responses:
-      200:
-        description: Ollama's /api/show answer, every field kept.
-        content:
-          application/json:
-            schema: ModelInfo
-    """
-    return current_gateway().ollama.show(use_model(name))
-
-
-@bp.get("/api/llm/running")
-def running():
-    """List the models loaded in memory now.
-    ---
-    tags: [models]
-    responses:
-      200:
-        description: Loaded models with when they unload (expires_at) and their VRAM use.
-        content:
-          application/json:
-            schema: RunningResponse
-    """
-    key = authenticate(current_gateway())
-    return {"models": key.visible(current_gateway().ollama.running())}
+    raw = json.dumps({"stream": True, **body}).encode()
+    return sse.stream_response(lambda: gateway.upstreams.open("POST", path, raw, **route(body)), config, observation,
+                               **framing)
 
 
 @bp.post("/api/llm/chat")
@@ -274,51 +209,3 @@ def embed():
         raise ApiError(413, "Inputs too large", f"The inputs total {size} bytes; EMBED_MAX_BYTES is {limit}",
                        slug="inputs-too-large")
     return pick(generation("/api/embed", body), EMBED_FIELDS)
-
-
-@bp.post("/api/llm/models/pull")
-def pull_model():
-    """Download a model to Ollama, streaming its progress as Server-Sent Events (admin scope).
-    ---
-    tags: [models]
-    requestBody:
-      required: true
-      content:
-        application/json:
-          schema: PullRequest
-          example: {"model": "llama3.2"}
-    responses:
-      200:
-        description: |
-          `text/event-stream`: one `{"status", "digest"?, "total"?, "completed"?}` event per progress
-          line from Ollama, then `{"done": true, "status": "success"}` or
-          `{"error": {"title", "status", "detail"}, "done": true}` (a registry or name error arrives
-          this way, after the stream has started). `:` lines are heartbeats.
-        content:
-          text/event-stream:
-            schema: PullEvent
-      403:
-        description: The key lacks the admin scope, or the model is outside its allow-list.
-    """
-    require_scope(authenticate(current_gateway()), "admin")
-    body = current_gateway().schemas["pull"].load(json_body())
-    use_model(body["model"])
-    return relay("/api/pull", body, events=sse.progress_events, fast=None)
-
-
-@bp.delete("/api/llm/models/<path:name>")
-def delete_model(name):
-    """Delete an installed model from Ollama (admin scope).
-    ---
-    tags: [models]
-    parameters:
-      - {name: name, in: path, required: true, schema: {type: string}, example: "llama3.2:latest"}
-    responses:
-      204:
-        description: Deleted.
-      403:
-        description: The key lacks the admin scope, or the model is outside its allow-list.
-    """
-    require_scope(authenticate(current_gateway()), "admin")
-    current_gateway().ollama.delete(use_model(name))
-    return "", 204

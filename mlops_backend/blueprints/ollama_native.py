@@ -16,6 +16,8 @@ from ..security.auth import authenticate, permit_body, require_route
 from ..errors import ApiError, ollama_error, register_error_handlers
 from ..extensions import current_gateway
 from ..security.json_body import field, parse_object
+from ..upstream import views
+from ..upstream.router import SESSION_HEADER, session_key
 
 bp = Blueprint("ollama", __name__)
 register_error_handlers(bp, render=ollama_error)
@@ -28,6 +30,12 @@ GENERATION_ROUTES = {"generate", "chat", "embed", "embeddings"}
 MODEL_LISTS = {"tags", "ps"}
 #: Body fields that name models (copy's source and destination, create's from): each is checked.
 MODEL_FIELDS = ("model", "name", "source", "destination", "from")
+#: The fields whose model decides which upstream serves the request (show's legacy name, copy's source).
+ROUTING_FIELDS = ("model", "name", "source")
+#: Routes that change what an upstream has: with several upstreams, ?upstream= names the one.
+ADMIN_ROUTES = {"pull", "push", "create", "copy", "delete"}
+#: Answers made of every upstream's, with several upstreams.
+MERGED = {"tags", "ps", "version"}
 #: A route as Ollama names them: no empty, dot or trailing segments.
 _ROUTE = re.compile(r"^[a-z]+(/[A-Za-z0-9:._-]*[A-Za-z0-9_-])*$")
 
@@ -71,17 +79,39 @@ def api(route):
     responses:
       200: {description: "Ollama's answer, unchanged."}
     """
-    key = authenticate(current_gateway())
+    gateway = current_gateway()
+    router = gateway.upstreams
+    key = authenticate(gateway)
     raw = request.get_data(cache=False)
     body = parse_object(raw) if raw else {}
     permit_body(key, body, MODEL_FIELDS)
+    # HEAD gets GET's answer without its body (Werkzeug drops it), as Ollama's own HEAD routes do.
+    method = "GET" if request.method == "HEAD" else request.method
+    if not router.single and method == "GET" and route in MERGED:
+        return merged(route, key)
+    upstream = request.args.get("upstream")
+    if not router.single and route in ADMIN_ROUTES and upstream is None:
+        raise ApiError(400, "Name the upstream", f"Several Ollama servers are behind this gateway: name the one for "
+                       f"/api/{route} with ?upstream= ({', '.join(router.by_name)}); /api/llm/models/pull and "
+                       "DELETE /api/llm/models/<name> act on all of them", slug="upstream-required")
     keep = None
     if route in MODEL_LISTS and key.models is not None:
         def keep(answer):
             answer["models"] = key.visible(answer.get("models") or [])
             return answer
     streaming = route in STREAMING_ROUTES and field(body, "stream", True) is not False
-    # HEAD gets GET's answer without its body (Werkzeug drops it), as Ollama's own HEAD routes do.
-    method = "GET" if request.method == "HEAD" else request.method
+    model = next((value for value in (field(body, name) for name in ROUTING_FIELDS)
+                  if isinstance(value, str) and value.strip()), None)
     return passthrough.relay(method, "/api/" + route, raw, passthrough.OLLAMA, streaming=streaming,
-                             slot=streaming or route in GENERATION_ROUTES, keep=keep)
+                             slot=streaming or route in GENERATION_ROUTES, keep=keep, model=model,
+                             session=session_key(request.headers.get(SESSION_HEADER), field(body, "messages")),
+                             upstream=upstream)
+
+
+def merged(route: str, key):
+    """/api/tags, /api/ps and /api/version over every upstream, in Ollama's shape (each model once)."""
+    router = current_gateway().upstreams
+    if route == "version":
+        return {"version": views.lowest_version(router)}
+    listed = views.installed(router) if route == "tags" else views.running(router)
+    return {"models": [{k: v for k, v in entry.items() if k != "upstreams"} for entry in key.visible(listed)]}

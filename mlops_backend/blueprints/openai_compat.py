@@ -16,6 +16,8 @@ from ..security.auth import authenticate, permit_body, permit_model, require_rou
 from ..errors import ApiError, openai_error, register_error_handlers
 from ..extensions import current_gateway
 from ..security.json_body import field, parse_object
+from ..upstream import views
+from ..upstream.router import SESSION_HEADER, session_key
 
 bp = Blueprint("openai", __name__)
 register_error_handlers(bp, render=openai_error)
@@ -46,8 +48,11 @@ def _relay_post(path: str):
     body = parse_object(raw)
     permit_body(key, body, ("model",))
     streaming = field(body, "stream") is True
+    model = field(body, "model")
     return passthrough.relay("POST", quote(path, safe="/:"), raw, passthrough.OPENAI, streaming=streaming,
-                             slot=streaming or path in GENERATION_ROUTES)
+                             slot=streaming or path in GENERATION_ROUTES,
+                             model=model if isinstance(model, str) and model.strip() else None,
+                             session=session_key(request.headers.get(SESSION_HEADER), field(body, "messages")))
 
 
 @bp.post("/v1/chat/completions")
@@ -92,6 +97,11 @@ def models():
       200: {description: "`{\\"object\\": \\"list\\", \\"data\\": [...]}`"}
     """
     key = _key("/v1/models")
+    router = current_gateway().upstreams
+    if not router.single:
+        listed = views.merged(router, "/v1/models", "data", "id")
+        data = [{k: v for k, v in entry.items() if k != "upstreams"} for entry in key.visible(listed, field="id")]
+        return {"object": "list", "data": data}
     keep = None
     if key.models is not None:
         def keep(answer):
@@ -110,7 +120,7 @@ def model(model):
     """
     permit_model(_key("/v1/models/" + model), model)
     return passthrough.relay("GET", "/v1/models/" + quote(model, safe=":"), b"", passthrough.OPENAI,
-                             streaming=False, slot=False)
+                             streaming=False, slot=False, model=model)
 
 
 @bp.route("/v1/<path:route>", methods=["GET", "POST", "DELETE"])

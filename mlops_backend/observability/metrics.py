@@ -33,6 +33,50 @@ TOKENS = Counter("mlops_llm_tokens_total", "Tokens Ollama counted (prompt_eval_c
 ACTIVE_STREAMS = Gauge("mlops_active_streams", "Streams open now", multiprocess_mode="livesum")
 UPSTREAM_ERRORS = Counter("mlops_upstream_errors_total", "Ollama failures, by kind", ["kind"])
 RATE_LIMITED = Counter("mlops_rate_limited_total", "Requests refused with 429, by limit", ["limit"])
+UPSTREAM_REQUESTS = Counter("mlops_upstream_requests_total", "Requests answered, by the upstream that served them "
+                            "and the status", ["upstream", "status"])
+UPSTREAM_FAILURES = Counter("mlops_upstream_failures_total", "Failures of an upstream seen by the router (unreachable, "
+                            "busy, status_5xx, reset, refresh)", ["upstream", "reason"])
+UPSTREAM_FAILOVERS = Counter("mlops_upstream_failovers_total", "Requests moved from an upstream to the next "
+                             "candidate before the first byte of an answer", ["upstream", "reason"])
+UPSTREAM_IN_FLIGHT = Gauge("mlops_upstream_in_flight", "Requests in flight per upstream", ["upstream"],
+                           multiprocess_mode="livesum")
+# livemin: 0 as soon as one live worker has taken the upstream out of rotation.
+UPSTREAM_UP = Gauge("mlops_upstream_up", "1 while the upstream is in rotation (its circuit closed), else 0",
+                    ["upstream"], multiprocess_mode="livemin")
+
+
+class UpstreamHooks:
+    """What the router reports, counted in Prometheus."""
+
+    def failure(self, upstream: str, reason: str) -> None:
+        UPSTREAM_FAILURES.labels(upstream, reason).inc()
+
+    def failover(self, upstream: str, reason: str) -> None:
+        UPSTREAM_FAILOVERS.labels(upstream, reason).inc()
+
+    def state(self, upstream: str, up: bool) -> None:
+        UPSTREAM_UP.labels(upstream).set(1 if up else 0)
+
+
+class CountedInFlight:
+    """An in-flight counter (router.NoCounter or security.slots.InFlight) that also moves the gauge."""
+
+    def __init__(self, counter):
+        self.counter = counter
+
+    def acquire(self, name: str):
+        release = self.counter.acquire(name)
+        gauge = UPSTREAM_IN_FLIGHT.labels(name)
+        gauge.inc()
+
+        def done():
+            gauge.dec()
+            release()
+        return done
+
+    def counts(self, names) -> dict[str, int]:
+        return self.counter.counts(names)
 
 
 def exposition(accept: str | None) -> tuple[bytes, str]:
@@ -66,5 +110,7 @@ def record(observation) -> None:
             TOKENS.labels(model, "completion").inc(observation.tokens_out)
     if observation.upstream_error:
         UPSTREAM_ERRORS.labels(observation.upstream_error).inc()
+    if observation.upstream:
+        UPSTREAM_REQUESTS.labels(observation.upstream, str(observation.status)).inc()
     if observation.limited:
         RATE_LIMITED.labels(observation.limited).inc()

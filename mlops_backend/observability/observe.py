@@ -25,7 +25,7 @@ access_log = logging.getLogger("mlops_backend.access")
 log = logging.getLogger(__name__)
 
 #: Requests of these blueprints count towards a key's usage.
-COUNTED_BLUEPRINTS = {"llm", "ollama", "openai"}
+COUNTED_BLUEPRINTS = {"llm", "models", "ollama", "openai"}
 
 
 @dataclasses.dataclass(slots=True)
@@ -43,6 +43,7 @@ class Observation:
     counted: bool = False
     model: str | None = None
     model_allowed: bool = False
+    upstream: str | None = None
     prompt: object = None
     status: int = 0
     duration: float = 0.0
@@ -73,6 +74,10 @@ class Observation:
             return ""
         return canonical(self.model)
 
+    def served_by(self, upstream: str) -> None:
+        """Note the upstream the request went to (the last one, after a failover)."""
+        self.upstream = upstream
+
     def stream_opened(self) -> None:
         metrics.ACTIVE_STREAMS.inc()
         self.on_finish.append(metrics.ACTIVE_STREAMS.dec)
@@ -85,7 +90,8 @@ class Observation:
         """The request's log line, as key-value pairs (never the API key itself)."""
         line = {"request_id": self.request_id, "key": self.key, "method": self.method, "route": self.route,
                 "path": self.path, "status": self.status, "duration_ms": round(self.duration * 1000, 1),
-                "model": self.model, "ttft_ms": None if self.ttft is None else round(self.ttft * 1000, 1),
+                "model": self.model, "upstream": self.upstream,
+                "ttft_ms": None if self.ttft is None else round(self.ttft * 1000, 1),
                 "tokens_in": self.tokens_in, "tokens_out": self.tokens_out, "client": self.client,
                 "forwarded_for": self.forwarded_for}
         if self.upstream_error:

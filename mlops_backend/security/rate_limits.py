@@ -21,7 +21,6 @@ from .auth import identify
 from ..errors import ApiError
 from .keys import ApiKey
 from ..observability.request_context import client_address
-from .slots import slots_for
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +36,7 @@ class RateLimits:
             key_prefix="mlops", headers_enabled=False,
             # Storage down (Redis unreachable): serve unlimited and log it, rather than fail every request.
             swallow_errors=True)
-        self.slots = slots_for(config.rate_limit_storage, config.slot_lease_seconds)
+        self.slots = gateway.slots
 
     def init_app(self, app, blueprints) -> None:
         """Count every request of `blueprints` against one shared per-key budget, and failed keys per address."""
@@ -142,10 +141,6 @@ class RateLimits:
                 log.exception("Could not release a generation slot of %s (its lease lapses by itself)", name)
 
         return release
-
-    def close(self) -> None:
-        self.slots.close()
-
 
 def _unauthorized(response) -> bool:
     return response.status_code == 401

@@ -30,6 +30,16 @@ redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
 redis.call('EXPIRE', KEYS[1], 2 * tonumber(ARGV[3]))
 return 1
 """
+# KEYS: the sets to count; the leases not yet expired in each, on Redis's clock.
+_COUNT = """
+local now = redis.call('TIME')
+now = tonumber(now[1]) + tonumber(now[2]) / 1000000
+local counts = {}
+for i, key in ipairs(KEYS) do
+  counts[i] = redis.call('ZCOUNT', key, '(' .. now, '+inf')
+end
+return counts
+"""
 # KEYS[1]: the key's set; ARGV: lease seconds, then the lease ids this worker still holds in it.
 _RENEW = """
 local now = redis.call('TIME')
@@ -63,6 +73,11 @@ class MemorySlots:
             if self._held[name] <= 0:
                 del self._held[name]
 
+    def count(self, names) -> dict[str, int]:
+        """The slots held now, per name."""
+        with self._lock:
+            return {name: self._held.get(name, 0) for name in names}
+
     def close(self) -> None:
         """Nothing to release: the counts die with the process."""
 
@@ -78,6 +93,7 @@ class RedisSlots:
                                            socket_connect_timeout=5)
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._renew = self._redis.register_script(_RENEW)
+        self._count = self._redis.register_script(_COUNT)
         self._prefix = prefix
         self.lease_seconds = lease_seconds
         self._held: dict[str, set] = defaultdict(set)
@@ -102,6 +118,12 @@ class RedisSlots:
             if not self._held[name]:
                 del self._held[name]
         self._redis.zrem(self._prefix + name, lease)
+
+    def count(self, names) -> dict[str, int]:
+        """The leases held now (by any worker or instance), per name, in one round trip."""
+        names = list(names)
+        counts = self._count(keys=[self._prefix + name for name in names]) if names else []
+        return dict(zip(names, (int(count) for count in counts)))
 
     def renew(self) -> None:
         """Push the expiry of every lease this process holds forward by a whole lease."""
@@ -129,3 +151,38 @@ class RedisSlots:
 def slots_for(storage_uri: str, lease_seconds: float):
     """The slots for RATE_LIMIT_STORAGE: in this process for memory://, else in Redis."""
     return MemorySlots() if storage_uri.startswith("memory://") else RedisSlots(storage_uri, lease_seconds)
+
+
+class InFlight:
+    """Requests in flight per upstream, counted on slots (shared by every worker and instance on Redis)."""
+
+    def __init__(self, slots):
+        self.slots = slots
+
+    def acquire(self, name: str):
+        """Count one more request on `name`; return the function that uncounts it."""
+        try:
+            lease = self.slots.acquire("upstream:" + name, 1 << 30)
+        except Exception:
+            log.exception("In-flight counts unavailable (rate-limit storage down); routing on what is known")
+            return _nothing
+
+        def release():
+            try:
+                self.slots.release("upstream:" + name, lease)
+            except Exception:
+                log.exception("Could not release an in-flight count of %s (its lease lapses by itself)", name)
+        return release
+
+    def counts(self, names) -> dict[str, int]:
+        names = list(names)
+        try:
+            counts = self.slots.count(["upstream:" + name for name in names])
+        except Exception:
+            log.exception("In-flight counts unavailable (rate-limit storage down); routing on what is known")
+            return dict.fromkeys(names, 0)
+        return {name: counts["upstream:" + name] for name in names}
+
+
+def _nothing():
+    return None

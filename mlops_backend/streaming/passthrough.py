@@ -13,13 +13,13 @@ import logging
 
 from flask import Response, request, stream_with_context
 
+from ..extensions import current_gateway
 from ..observability import observe
 from ..security.auth import authenticate
-from .client_watch import watch_client
-from ..extensions import current_gateway
-from ..upstream.ndjson import Lines
 from ..upstream.client import deadline
-from .sse import as_ollama_error
+from .client_watch import watch_client
+from .relay import Framing
+from .relay import relay as stream_relay
 
 log = logging.getLogger(__name__)
 
@@ -83,21 +83,43 @@ OLLAMA = OllamaDialect()
 OPENAI = OpenAIDialect()
 
 
-def relay(method: str, path: str, body: bytes, dialect: Dialect, *, streaming: bool, slot: bool,
-          keep=None) -> Response:
-    """Send the request to Ollama and answer with Ollama's status, type and body.
+class PassthroughFraming(Framing):
+    """The body as Ollama wrote it, passed on as it arrives; its lines only read for token counts and errors."""
 
-    Whether the answer is read whole or passed on as it arrives is the route's (and the body's
+    def __init__(self, dialect: Dialect):
+        self.dialect = dialect
+
+    def chunk(self, payload, lines, observation):
+        dialect = self.dialect
+        for line in lines:
+            if dialect.marker in line:
+                _note_counts(line, dialect, observation)
+            elif line.startswith(dialect.error_start):  # Ollama's own error line, passed on
+                observation.stream_failed, observation.upstream_error = True, "model_error"
+        return payload, False
+
+    def failed(self, error, inside_line):
+        return (b"\n" if inside_line else b"") + self.dialect.stream_error(error.detail)
+
+
+def relay(method: str, path: str, body: bytes, dialect: Dialect, *, streaming: bool, slot: bool, keep=None,
+          model: str | None = None, session: str | None = None, upstream: str | None = None) -> Response:
+    """Send the request to Ollama (the upstream the router picks for `model`) and answer with its status, type
+    and body.
+
+    Whether the answer is read whole or passed on as it comes is the route's (and the body's
     `stream`) decision, never the framing's: Go answers bodies over 2 KiB chunked, so a model
     list is as likely to come chunked as a stream is. `slot` takes one of the key's slots for
     generations in flight (generations and streams). `keep`, if given, filters a whole JSON
     answer (a key's model allow-list on model lists).
     """
     gateway = current_gateway()
+    config = gateway.config
     observation = observe.current()
     if slot:
         observation.on_finish.append(gateway.limits.acquire_slot(authenticate(gateway)))
-    stream = gateway.ollama.open_raw(method, path, body)
+    stream = gateway.upstreams.open(method, path, body, model=model, session=session, upstream=upstream,
+                                    note=observation.served_by)
 
     def answer():
         """Wait for Ollama's head; read a whole answer (and any failure) at once, or return None for a stream."""
@@ -105,7 +127,7 @@ def relay(method: str, path: str, body: bytes, dialect: Dialect, *, streaming: b
             pass
         if streaming and stream.status < 400:
             return None
-        with deadline(gateway.config.ollama_request_timeout, "The call to Ollama"):
+        with deadline(config.ollama_request_timeout, "The call to Ollama"):
             return stream.body()
 
     watch, data = watch_client(request.environ, stream, answer)
@@ -113,8 +135,9 @@ def relay(method: str, path: str, body: bytes, dialect: Dialect, *, streaming: b
         watch.stop()
         return _whole(stream, data, dialect, observation, keep)
     observation.stream_opened()
-    lines = Lines(gateway.config.max_upstream_line_bytes)
-    return Response(stream_with_context(_passing(stream, watch, dialect, observation, lines)), status=stream.status,
+    body = stream_relay(stream, True, watch, PassthroughFraming(dialect), observation, heartbeat=1.0,
+                        max_line=config.max_upstream_line_bytes)
+    return Response(stream_with_context(body), status=stream.status,
                     content_type=stream.headers.get("content-type", "application/octet-stream"), headers=HEADERS,
                     direct_passthrough=True)
 
@@ -135,37 +158,6 @@ def _whole(stream, data: bytes, dialect, observation, keep) -> Response:
             if keep is not None:
                 data = json.dumps(keep(answer)).encode()
     return Response(data, status=stream.status, content_type=content_type)
-
-
-def _passing(stream, watch, dialect, observation, lines):
-    """Yield the body as it arrives; a failure ends it with one error line of the dialect."""
-    try:
-        while True:
-            data = stream.read_payload(1.0)
-            if data is None:
-                return
-            if not data:
-                continue
-            if observation.ttft is None:
-                observation.first_token()
-            for line in lines.feed(data):
-                observation.chunks += 1
-                if dialect.marker in line:
-                    _note_counts(line, dialect, observation)
-                elif line.startswith(dialect.error_start):  # Ollama's own error line, passed on
-                    observation.stream_failed, observation.upstream_error = True, "model_error"
-            yield data
-    except Exception as exc:
-        if watch.gone:
-            observation.client_gone = True
-            return
-        error = as_ollama_error(exc)
-        observation.stream_failed, observation.upstream_error = True, error.kind
-        log.warning("Pass-through stream ended with an error: %s", error.detail)
-        yield (b"\n" if lines.inside_line else b"") + dialect.stream_error(error.detail)
-    finally:
-        watch.stop()
-        stream.close()
 
 
 def _note_counts(line: bytes, dialect, observation) -> None:

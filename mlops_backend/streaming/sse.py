@@ -1,26 +1,22 @@
-"""Relay an Ollama NDJSON stream as Server-Sent Events: framing, heartbeats, errors, cleanup."""
+"""Our Server-Sent Events: the event grammar of /api/llm/stream, chat and pull, framed from Ollama's NDJSON."""
 
 from __future__ import annotations
 
 import json
-import logging
-import time
 
 from flask import Response, request, stream_with_context
 
-from .client_watch import watch_client
 from ..errors import stream_error_body
-from ..upstream.ndjson import LineTooLong
-from ..upstream.client import OllamaBadResponse, OllamaError, OllamaStreamError, OllamaTimeout
-
-log = logging.getLogger(__name__)
+from ..upstream.client import OllamaBadResponse, OllamaStreamError
+from .client_watch import watch_client
+from .relay import Framing, relay
 
 CONTENT_TYPE = "text/event-stream; charset=utf-8"
 # no-cache: proxies and browsers must not store a stream; X-Accel-Buffering: nginx must pass
 # each event on at once even where proxy_buffering is on (its default).
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 HEARTBEAT = b": keep-alive\n\n"
-PROGRESS = ("status", "digest", "total", "completed")
+PROGRESS = ("status", "digest", "total", "completed", "upstream")
 #: Fields of Ollama's last line that are content, not statistics: everything else goes into the done event.
 NOT_STATISTICS = {"model", "created_at", "response", "thinking", "message", "done", "context", "logprobs"}
 
@@ -100,21 +96,59 @@ def chunk_events(obj: dict, out: list) -> bool:
 
 
 def progress_events(obj: dict, out: list) -> bool:
-    """Append the event for one line of a pull's progress; return True for the final "success"."""
+    """Append the event for one line of a pull's progress; return True for the final "success".
+
+    A pull on several upstreams (upstream.fanin) names each line's upstream; an upstream's own
+    "success" is then progress, and the final one is the fan-in's, which names none.
+    """
     if "error" in obj:
-        raise OllamaStreamError(str(obj["error"]) or "Ollama reported an error")
-    if obj.get("status") == "success":
+        where = f" ({obj['upstream']})" if "upstream" in obj else ""
+        raise OllamaStreamError((str(obj["error"]) or "Ollama reported an error") + where)
+    if obj.get("status") == "success" and "upstream" not in obj:
         out.append(event({"done": True, "status": "success"}))
         return True
     out.append(event({key: obj[key] for key in PROGRESS if key in obj}))
     return False
 
 
-def stream_response(open_stream, heartbeat: float, status_wait: float, observation,
-                    events=chunk_events, fast=text_event) -> Response:
+class SSEFraming(Framing):
+    """Our SSE grammar: one event per upstream piece, heartbeats while Ollama is silent, a final done or error."""
+
+    heartbeat = HEARTBEAT
+
+    def __init__(self, events=chunk_events, fast=text_event):
+        self._events, self._fast, self._out = events, fast, []
+
+    def chunk(self, payload, lines, observation):
+        out = self._out = []  # kept until the batch is framed: a failure mid-batch still sends what came before
+        for line in lines:
+            framed = self._fast(line) if self._fast is not None else None
+            if framed is not None:
+                if framed:
+                    out.append(framed)
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                raise OllamaBadResponse("Ollama sent a line that is not JSON") from None
+            if self._events(obj, out):
+                observation.statistics(obj)
+                self._out = []
+                return b"".join(out), True
+        self._out = []
+        return b"".join(out), False
+
+    def end(self, observation):
+        raise OllamaBadResponse("Ollama's stream ended before its final message")
+
+    def failed(self, error, inside_line):
+        return b"".join(self._out) + event(stream_error_body(error))
+
+
+def stream_response(open_stream, config, observation, events=chunk_events, fast=text_event) -> Response:
     """Start the upstream call and answer with its SSE relay.
 
-    We wait up to `status_wait` for Ollama's status line, so early failures (unknown model,
+    We wait up to STREAM_STATUS_WAIT for Ollama's status line, so early failures (unknown model,
     busy, unreachable) keep their HTTP status; past that the 200 starts and heartbeats cover
     Ollama's silence. A watch on the client's socket interrupts the upstream call the moment
     the client leaves, in either phase. `events` frames each parsed upstream object; `fast`, if
@@ -122,76 +156,9 @@ def stream_response(open_stream, heartbeat: float, status_wait: float, observati
     token, the token counts and how the stream ended.
     """
     stream = open_stream()
-    watch, ready = watch_client(request.environ, stream, lambda: stream.wait_head(status_wait))
-    # direct_passthrough: our events are bytes already, so Werkzeug need not re-encode each one.
+    watch, ready = watch_client(request.environ, stream, lambda: stream.wait_head(config.stream_status_wait))
     observation.stream_opened()
-    return Response(stream_with_context(_relay(stream, ready, watch, heartbeat, observation, events, fast)),
-                    content_type=CONTENT_TYPE, headers=HEADERS, direct_passthrough=True)
-
-
-def _relay(stream, ready, watch, heartbeat, observation, events, fast):
-    """Yield the SSE bytes of one stream; it always ends with a done or an error event."""
-    out = []
-    try:
-        while not ready:
-            yield HEARTBEAT  # the first one also sends our headers: the client knows we are here
-            ready = stream.wait_head(heartbeat)
-        sent = time.monotonic()
-        while True:
-            lines = stream.read_lines(max(heartbeat - (time.monotonic() - sent), 0.001))
-            if lines is None:
-                raise OllamaBadResponse("Ollama's stream ended before its final message")
-            if lines:
-                observation.chunks += len(lines)
-                for line in lines:
-                    framed = fast(line) if fast is not None else None
-                    if framed is not None:
-                        if framed:
-                            out.append(framed)
-                        continue
-                    try:
-                        obj = json.loads(line)
-                    except ValueError:
-                        raise OllamaBadResponse("Ollama sent a line that is not JSON") from None
-                    if events(obj, out):
-                        observation.statistics(obj)
-                        observation.first_token()
-                        yield b"".join(out)
-                        return
-                if not out:
-                    continue
-                data, out = b"".join(out), []
-                if observation.ttft is None:
-                    observation.first_token()
-            else:
-                data = HEARTBEAT
-            yield data
-            sent = time.monotonic()
-    except Exception as exc:  # every failure of a started stream becomes its final event
-        if watch.gone:
-            log.info("Client went away; upstream call closed")
-            observation.client_gone = True
-            return
-        error = as_ollama_error(exc)
-        observation.stream_failed, observation.upstream_error = True, error.kind
-        log.warning("Stream ended with an error: %s", error.detail)
-        yield b"".join(out) + event(stream_error_body(error))
-    finally:
-        watch.stop()
-        stream.close()
-
-
-def as_ollama_error(exc: Exception) -> OllamaError:
-    """Name a failure of a started stream the way the error table does (the pass-through relay too)."""
-    if isinstance(exc, OllamaError):
-        return exc
-    if isinstance(exc, LineTooLong):
-        return OllamaBadResponse(str(exc))
-    if isinstance(exc, TimeoutError):
-        return OllamaTimeout(str(exc))
-    if isinstance(exc, (ConnectionError, OSError)):
-        return OllamaBadResponse("The connection to Ollama dropped mid-stream")
-    if isinstance(exc, ValueError):
-        return OllamaBadResponse("Ollama's stream was not valid HTTP chunked framing")
-    log.exception("Unexpected error in a stream")
-    return OllamaError("The stream failed inside the gateway")
+    body = relay(stream, ready, watch, SSEFraming(events, fast), observation, heartbeat=config.sse_heartbeat_seconds,
+                 max_line=config.max_upstream_line_bytes)
+    # direct_passthrough: our events are bytes already, so Werkzeug need not re-encode each one.
+    return Response(stream_with_context(body), content_type=CONTENT_TYPE, headers=HEADERS, direct_passthrough=True)

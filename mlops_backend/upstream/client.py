@@ -1,8 +1,7 @@
-"""Talk to Ollama: plain Python, no Flask; every failure becomes an OllamaError with a kind.
+"""Talk to one Ollama server: plain Python, no Flask; every failure becomes an OllamaError with a kind.
 
-Light calls (version, model lists) go through one pooled requests.Session. Generations and
-streams, the hot paths, go through `upstream.UpstreamPool`, which frames HTTP itself (see
-its docstring for the measured reason).
+Every call, light (version, model lists) or hot (generations, streams), goes through one pool of
+keep-alive connections (http.UpstreamPool, its answers parsed by httptools).
 """
 
 from __future__ import annotations
@@ -10,14 +9,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-
-import requests
-from requests.adapters import HTTPAdapter
-
 import socket
 
-from .ndjson import DEFAULT_MAX_LINE, LineTooLong
 from .http import UpstreamClosed, UpstreamPool, gevent_active
+from .ndjson import DEFAULT_MAX_LINE, LineTooLong
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +51,8 @@ class OllamaRejected(OllamaError):
 
 class OllamaBadResponse(OllamaError):
     kind = "bad_response"
+    #: True when the connection closed before a byte of the answer (the request may have been read or not).
+    before_answer = False
 
 
 class OllamaStreamError(OllamaError):
@@ -66,7 +63,7 @@ class OllamaStreamError(OllamaError):
 
 @contextlib.contextmanager
 def deadline(seconds: float, what: str):
-    """Bound a whole call in time under gevent; requests alone only bounds each read."""
+    """Bound a whole call in time under gevent; socket timeouts alone only bound each read."""
     if not gevent_active():
         yield
         return
@@ -85,146 +82,101 @@ def deadline(seconds: float, what: str):
 
 
 class OllamaClient:
-    """A small client for the Ollama endpoints the gateway relays."""
+    """A small client for the Ollama endpoints the gateway relays, on one pool of connections."""
 
     def __init__(self, base_url: str, *, connect_timeout: float = 5.0, first_byte_timeout: float = 300.0,
                  chunk_timeout: float = 300.0, request_timeout: float = 900.0, pool_size: int = 256,
-                 max_line_bytes: int = DEFAULT_MAX_LINE):
+                 max_line_bytes: int = DEFAULT_MAX_LINE, ca_bundle: str | None = None):
         self.base_url = base_url.rstrip("/")
         self.connect_timeout = connect_timeout
         self.first_byte_timeout = first_byte_timeout
         self.chunk_timeout = chunk_timeout
         self.request_timeout = request_timeout
         self.max_line_bytes = max_line_bytes
-        self.session = requests.Session()
-        # No proxies or .netrc from the environment: the gateway talks to one known server.
-        self.session.trust_env = False
-        # The session sends only its own headers, so a browser's Origin or Host never reaches
-        # Ollama (it answers those with 403).
-        self.session.headers.update({"User-Agent": "mlops-backend", "Accept-Encoding": "identity"})
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        self.pool = UpstreamPool(self.base_url, connect_timeout, max_idle=pool_size, max_line=max_line_bytes)
+        # Only our own headers go out, so a browser's Origin or Host never reaches Ollama (it answers those
+        # with 403).
+        self.pool = UpstreamPool(self.base_url, connect_timeout, max_idle=pool_size, max_line=max_line_bytes,
+                                 ca_bundle=ca_bundle)
 
     @classmethod
-    def from_config(cls, config) -> OllamaClient:
-        """Build a client from the gateway's Config."""
-        return cls(config.ollama_base_url, connect_timeout=config.ollama_connect_timeout,
+    def from_config(cls, config, spec) -> OllamaClient:
+        """Build the client of one upstream (upstreams.UpstreamSpec) with the gateway's timeouts and limits."""
+        return cls(spec.url, connect_timeout=config.ollama_connect_timeout,
                    first_byte_timeout=config.ollama_first_byte_timeout, chunk_timeout=config.ollama_chunk_timeout,
-                   request_timeout=config.ollama_request_timeout, max_line_bytes=config.max_upstream_line_bytes)
+                   request_timeout=config.ollama_request_timeout, max_line_bytes=config.max_upstream_line_bytes,
+                   ca_bundle=spec.ca_bundle)
 
     def close(self) -> None:
         """Close every pooled connection."""
         self.pool.close()
-        self.session.close()
 
     def version(self, timeout: float) -> str:
         """Return Ollama's version, failing within `timeout` seconds whatever Ollama does."""
-        with deadline(timeout, "Ollama's version check"):
-            data = self._json("GET", "/api/version", timeout=(min(timeout, self.connect_timeout), timeout))
-        return str(data.get("version", "unknown"))
+        return str(self.fetch("GET", "/api/version", timeout=timeout).get("version", "unknown"))
 
     def tags(self) -> list:
         """Return the installed models as Ollama lists them."""
-        with deadline(self.request_timeout, "Listing models"):
-            data = self._json("GET", "/api/tags", timeout=(self.connect_timeout, self.first_byte_timeout))
-        return data.get("models") or []
+        return self.fetch("GET", "/api/tags").get("models") or []
 
     def show(self, name: str) -> dict:
         """Return a model's details (capabilities, parameters, template, model_info)."""
-        with deadline(self.request_timeout, "Reading the model's details"):
-            return self._json("POST", "/api/show", json={"model": name},
-                              timeout=(self.connect_timeout, self.first_byte_timeout), model=name)
+        return self.fetch("POST", "/api/show", {"model": name}, model=name)
 
     def running(self) -> list:
         """Return the models loaded in memory now."""
-        with deadline(self.request_timeout, "Listing running models"):
-            data = self._json("GET", "/api/ps", timeout=(self.connect_timeout, self.first_byte_timeout))
-        return data.get("models") or []
+        return self.fetch("GET", "/api/ps").get("models") or []
 
     def delete(self, name: str) -> None:
         """Delete an installed model (ModelNotFound if it is not installed)."""
-        with deadline(self.request_timeout, "Deleting the model"):
-            response = self._send("DELETE", "/api/delete", json={"model": name}, stream=True,
-                                  timeout=(self.connect_timeout, self.first_byte_timeout))
-            with response:
-                _raise_for_status(response.status_code, response.headers, self._bounded(response), "/api/delete", name)
+        self.fetch("DELETE", "/api/delete", {"model": name}, model=name, empty=True)
 
     def call(self, path: str, payload: dict) -> dict:
-        """POST `payload` with stream false and return the JSON answer (the fast path)."""
-        with deadline(self.request_timeout, "The call to Ollama"):
-            stream = self.open_stream(path, {**payload, "stream": False})
-            try:
-                while not stream.wait_head(self.first_byte_timeout):
-                    pass
-                body = stream.body()
-            finally:
-                stream.close()
+        """POST `payload` with stream false and return the JSON answer."""
+        return self.fetch("POST", path, {**payload, "stream": False}, model=payload.get("model"))
+
+    def fetch(self, method: str, path: str, payload: dict | None = None, *, timeout: float | None = None,
+              model=None, empty: bool = False) -> dict:
+        """One whole call, bounded by `timeout` (else OLLAMA_REQUEST_TIMEOUT); its JSON answer or the mapped error."""
+        limit = self.request_timeout if timeout is None else timeout
+        body = json.dumps(payload).encode() if payload is not None else b""
+        with deadline(limit, f"The call to Ollama's {path}"):
+            return whole_answer(self.open(method, path, body, model), min(limit, self.first_byte_timeout), path,
+                                empty)
+
+    def open(self, method: str, path: str, body: bytes = b"", model=None) -> OllamaStream:
+        """Send a request (a body as the client wrote it, or ours); read the answer as it comes from the result."""
         try:
-            return json.loads(body)
-        except ValueError:
-            raise OllamaBadResponse(f"Ollama's answer to {path} is not JSON") from None
-
-    def open_raw(self, method: str, path: str, body: bytes) -> OllamaStream:
-        """Send a request as the client wrote it (the pass-through routes); read the answer as it comes."""
-        return OllamaStream(self, self._request(method, path, body), None)
-
-    def open_stream(self, path: str, payload: dict) -> OllamaStream:
-        """Send a call (streamed unless `payload` says otherwise); its answer is read from the result."""
-        body = json.dumps({"stream": True, **payload}).encode()
-        return OllamaStream(self, self._request("POST", path, body), payload.get("model"))
-
-    def _request(self, method: str, path: str, body: bytes):
-        try:
-            return self.pool.request(method, path, body)
+            exchange = self.pool.request(method, path, body)
         except socket.timeout:
             raise OllamaUnreachable(f"No connection to Ollama within {self.connect_timeout:g} s") from None
         except OSError:
             raise OllamaUnreachable("Ollama is not reachable") from None
         except ValueError:
             raise OllamaRejected("The path cannot be sent to Ollama as it is") from None
+        return OllamaStream(self, exchange, model)
 
-    def _json(self, method, path, *, model=None, **kwargs):
-        response = self._send(method, path, stream=True, **kwargs)
-        with response:
-            content = self._bounded(response)
-            _raise_for_status(response.status_code, response.headers, content, path, model)
-            try:
-                return json.loads(content)
-            except ValueError:
-                raise OllamaBadResponse(f"Ollama's answer to {path} is not JSON") from None
 
-    def _bounded(self, response) -> bytes:
-        """The whole body, refused past MAX_UPSTREAM_LINE_BYTES (a JSON answer is one line)."""
-        pieces, size = [], 0
-        try:
-            for piece in response.iter_content(65536):
-                pieces.append(piece)
-                size += len(piece)
-                if size > self.max_line_bytes:
-                    raise OllamaBadResponse(str(LineTooLong(self.max_line_bytes)))
-        except requests.RequestException:
-            raise OllamaBadResponse("The connection to Ollama dropped mid-response") from None
-        return b"".join(pieces)
-
-    def _send(self, method, path, **kwargs):
-        try:
-            return self.session.request(method, self.base_url + path, **kwargs)
-        except requests.ConnectTimeout:
-            raise OllamaUnreachable(f"No connection to Ollama within {self.connect_timeout:g} s") from None
-        except requests.ReadTimeout:
-            raise OllamaTimeout(f"Ollama did not answer within {self.first_byte_timeout:g} s") from None
-        except requests.ConnectionError as exc:
-            if _refused(exc):
-                raise OllamaUnreachable("Ollama is not reachable") from None
-            raise OllamaBadResponse("The connection to Ollama dropped before it answered") from None
-        except requests.RequestException as exc:
-            raise OllamaBadResponse(f"The call to Ollama failed ({type(exc).__name__})") from None
+def whole_answer(stream, wait: float, path: str, empty: bool = False) -> dict:
+    """Wait for a call's head, raise its mapped error or read its JSON object whole; the stream is closed."""
+    try:
+        while not stream.wait_head(wait):
+            pass
+        content = stream.body()
+    finally:
+        stream.close()
+    if empty and not content:
+        return {}
+    try:
+        answer = json.loads(content)
+    except ValueError:
+        raise OllamaBadResponse(f"Ollama's answer to {path} is not JSON") from None
+    if not isinstance(answer, dict):
+        raise OllamaBadResponse(f"Ollama's answer to {path} is not a JSON object")
+    return answer
 
 
 class OllamaStream:
-    """A call on the fast path: wait for its head, then read its NDJSON lines or its body.
+    """A call under way: wait for its head, then read its body as it arrives, or whole.
 
     Transport failures come out as OllamaErrors, so callers handle one family of errors.
     """
@@ -240,35 +192,33 @@ class OllamaStream:
 
     @property
     def headers(self) -> dict:
-        """The answer's headers, names in lower case."""
+        """The answer's headers, names in lower case (a repeated header's values joined with ", ")."""
         return self._exchange.headers
 
     def wait_head(self, wait: float, raw: bool = False) -> bool:
         """Wait up to `wait` s for the status line; raise the mapped error for a failure status
         (unless `raw`: the pass-through routes hand Ollama's own errors on)."""
-        exchange = self._exchange
         try:
-            if not exchange.wait_head(wait, self._client.first_byte_timeout):
+            if not self._exchange.wait_head(wait, self._client.first_byte_timeout):
                 return False
-            if exchange.status >= 400 and not raw:
-                body = exchange.read_body(self._client.chunk_timeout)
-                _raise_for_status(exchange.status, exchange.headers, body, "", self._model)
         except OSError as exc:
             raise _transport_error(exc, self._client.first_byte_timeout) from None
         except ValueError:
             raise OllamaBadResponse("Ollama's answer is not valid HTTP") from None
+        if not raw:
+            self.raise_for_status()
         return True
 
-    def read_lines(self, wait: float) -> list[bytes] | None:
-        """Return the next lines; [] after `wait` seconds of silence; None at the end of the body."""
+    def raise_for_status(self) -> None:
+        """Raise the mapped error for a failure status, with Ollama's error text (read whole, bounded)."""
+        if self.status >= 400:
+            _raise_for_status(self.status, self.headers, self._read_error(), "", self._model)
+
+    def _read_error(self) -> bytes:
         try:
-            return self._exchange.read_lines(wait, self._client.chunk_timeout)
-        except OSError as exc:
-            raise _transport_error(exc, self._client.chunk_timeout) from None
-        except LineTooLong as exc:
-            raise OllamaBadResponse(str(exc)) from None
-        except ValueError:
-            raise OllamaBadResponse("Ollama's stream was not valid HTTP chunked framing") from None
+            return self._exchange.read_body(self._client.chunk_timeout)
+        except (OSError, ValueError):
+            return b""
 
     def read_payload(self, wait: float) -> bytes | None:
         """Return the body bytes that came, unchanged; b"" after `wait` seconds of silence; None at the end."""
@@ -276,11 +226,13 @@ class OllamaStream:
             return self._exchange.read_payload(wait, self._client.chunk_timeout)
         except OSError as exc:
             raise _transport_error(exc, self._client.chunk_timeout) from None
+        except LineTooLong as exc:
+            raise OllamaBadResponse(str(exc)) from None
         except ValueError:
             raise OllamaBadResponse("Ollama's answer was not valid HTTP chunked framing") from None
 
     def body(self) -> bytes:
-        """Read the whole body of a non-streamed answer."""
+        """Read the whole body of a non-streamed answer (at most MAX_UPSTREAM_LINE_BYTES)."""
         try:
             return self._exchange.read_body(self._client.chunk_timeout)
         except OSError as exc:
@@ -303,7 +255,9 @@ def _transport_error(exc: OSError, limit: float) -> OllamaError:
     if isinstance(exc, TimeoutError):
         return OllamaTimeout(f"Ollama sent nothing for {limit:g} s")
     if isinstance(exc, UpstreamClosed):
-        return OllamaBadResponse("The connection to Ollama dropped before it answered")
+        error = OllamaBadResponse("The connection to Ollama dropped before it answered")
+        error.before_answer = True
+        return error
     return OllamaBadResponse("The connection to Ollama dropped mid-response")
 
 
@@ -322,13 +276,6 @@ def _raise_for_status(status: int, headers, body: bytes, path: str, model) -> No
     if status == 400:
         raise OllamaRejected(message or "Ollama rejected the request", upstream_status=status)
     raise OllamaError(f"Ollama failed with status {status}", upstream_status=status)
-
-
-def _refused(exc: requests.ConnectionError) -> bool:
-    """Tell a connection that never opened from one that dropped after opening."""
-    text = repr(exc)
-    return any(word in text for word in ("NewConnectionError", "NameResolutionError", "Connection refused",
-                                          "Failed to establish", "No route to host"))
 
 
 def _error_message(content: bytes) -> str:

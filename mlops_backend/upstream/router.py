@@ -1,0 +1,415 @@
+"""Several Ollama servers behind one gateway: what each has, which one serves a request, failover.
+
+Each upstream's installed and loaded models are read in the background (/api/tags, /api/ps) with
+its health (/api/version) every UPSTREAM_REFRESH_SECONDS. A request for model M goes to one of the
+healthy upstreams that have M, ranked by: M already loaded there (a cold load costs seconds to
+minutes), the fewest requests in flight for its max_parallel, its weight, and the upstream that
+served the conversation's earlier turns. A failure before the first byte of an answer (refused or
+reset before anything was sent, a connect timeout, a 503 or another 5xx head) moves the request to
+the next candidate, up to UPSTREAM_RETRIES; consecutive failures take an upstream out for
+UPSTREAM_COOLDOWN_SECONDS, after which one request probes it. With one upstream nothing is
+discovered: every request goes to it, as with a single OLLAMA_BASE_URL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+
+from .client import ModelNotFound, OllamaBadResponse, OllamaError, OllamaUnreachable, deadline, whole_answer
+from .model_names import canonical
+
+log = logging.getLogger(__name__)
+
+#: Conversations remembered per worker (the upstream that served each), oldest forgotten first.
+AFFINITY_ENTRIES = 10000
+#: A request naming a model no upstream is known to have refreshes the view at most this often.
+UNKNOWN_REFRESH_SECONDS = 1.0
+
+
+class Upstream:
+    """One Ollama server: its client, what it has, and its health."""
+
+    __slots__ = ("spec", "name", "client", "installed", "loaded", "version", "failures", "open_until", "probing",
+                 "refreshed")
+
+    def __init__(self, spec, client):
+        self.spec, self.name, self.client = spec, spec.name, client
+        static = frozenset(canonical(m) for m in spec.models) if spec.models is not None else None
+        self.installed = static  # canonical names; None until discovered (or a static list)
+        self.loaded = frozenset()
+        self.version = None
+        self.failures = 0
+        self.open_until = 0.0  # circuit open (out of rotation) until then; 0: closed
+        self.probing = False
+        self.refreshed = 0.0
+
+    @property
+    def up(self) -> bool:
+        return self.open_until == 0.0
+
+    def has(self, model: str) -> bool:
+        return self.installed is not None and canonical(model) in self.installed
+
+
+class NoCounter:
+    """In-flight counts kept in this process (the default; with Redis, the security.slots leases)."""
+
+    def __init__(self):
+        self._counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, name: str):
+        with self._lock:
+            self._counts[name] = self._counts.get(name, 0) + 1
+
+        def release():
+            with self._lock:
+                self._counts[name] -= 1
+        return release
+
+    def counts(self, names) -> dict[str, int]:
+        return {name: self._counts.get(name, 0) for name in names}
+
+
+class Hooks:
+    """What the router reports (metrics); the app passes one that counts in Prometheus."""
+
+    def failure(self, upstream: str, reason: str) -> None:
+        """A call to `upstream` failed (unreachable, busy, status_5xx, reset, refresh)."""
+
+    def failover(self, upstream: str, reason: str) -> None:
+        """A request left `upstream` for the next candidate."""
+
+    def state(self, upstream: str, up: bool) -> None:
+        """An upstream went out of rotation (up False) or came back."""
+
+
+class Router:
+    """Route each request to an upstream, fail over before the first byte, keep the view of each fresh."""
+
+    def __init__(self, specs, make_client, *, counter=None, hooks=None, refresh_seconds=5.0, retries=2,
+                 failures=3, cooldown=10.0, health_timeout=2.0):
+        self.upstreams = [Upstream(spec, make_client(spec)) for spec in specs]
+        self.by_name = {u.name: u for u in self.upstreams}
+        self.single = len(self.upstreams) == 1
+        self.counter = counter or NoCounter()
+        self.hooks = hooks or Hooks()
+        self.refresh_seconds, self.retries = refresh_seconds, retries
+        self.failure_limit, self.cooldown, self.health_timeout = failures, cooldown, health_timeout
+        self._affinity: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+        self._turn = 0
+        self._last_unknown_refresh = 0.0
+        self._thread = None
+        self._stop = threading.Event()
+        for upstream in self.upstreams:
+            self.hooks.state(upstream.name, True)
+
+    # -- discovery -----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Read every upstream's models and health now and then every refresh_seconds (not with one upstream)."""
+        if self.single or self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="upstream-refresh", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        for upstream in self.upstreams:
+            upstream.client.close()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.refresh()
+            except Exception:
+                log.exception("Refreshing the upstreams failed; will retry")
+            if self._stop.wait(self.refresh_seconds):
+                return
+
+    def refresh(self) -> None:
+        """Ask every upstream at once for its version, installed and loaded models; bounded by health_timeout."""
+        with ThreadPoolExecutor(len(self.upstreams)) as pool:
+            list(pool.map(self._refresh_one, self.upstreams))
+
+    def _refresh_one(self, upstream: Upstream) -> None:
+        client = upstream.client
+        try:
+            upstream.version = client.version(self.health_timeout)
+            tags = client.fetch("GET", "/api/tags", timeout=self.health_timeout).get("models") or []
+            ps = client.fetch("GET", "/api/ps", timeout=self.health_timeout).get("models") or []
+        except OllamaError as error:
+            if upstream.up:
+                log.warning("Upstream %s is out of rotation: %s", upstream.name, error.detail)
+            self.hooks.failure(upstream.name, "refresh")
+            self._open(upstream)
+            return
+        if upstream.spec.models is None:
+            upstream.installed = frozenset(canonical(m.get("name") or "") for m in tags if isinstance(m, dict))
+        upstream.loaded = frozenset(canonical(m.get("name") or "") for m in ps if isinstance(m, dict))
+        upstream.refreshed = time.monotonic()
+        self.succeeded(upstream)
+
+    def knows(self, model: str) -> bool:
+        """True when some upstream is known to have `model`; else refresh at once (at most once a second)."""
+        if self.single or any(u.has(model) for u in self.upstreams):
+            return True
+        now = time.monotonic()
+        if now - self._last_unknown_refresh >= UNKNOWN_REFRESH_SECONDS:
+            self._last_unknown_refresh = now
+            self.refresh()
+        return any(u.has(model) for u in self.upstreams)
+
+    # -- health ----------------------------------------------------------------------------------------
+
+    def succeeded(self, upstream: Upstream) -> None:
+        was_up = upstream.up
+        upstream.failures, upstream.open_until, upstream.probing = 0, 0.0, False
+        if not was_up:
+            log.info("Upstream %s is back in rotation", upstream.name)
+            self.hooks.state(upstream.name, True)
+
+    def failed(self, upstream: Upstream, reason: str) -> None:
+        self.hooks.failure(upstream.name, reason)
+        upstream.failures += 1
+        if upstream.probing or upstream.failures >= self.failure_limit:
+            if upstream.up:
+                log.warning("Upstream %s is out of rotation for %g s after %d failures", upstream.name,
+                            self.cooldown, upstream.failures)
+            self._open(upstream)
+
+    def _open(self, upstream: Upstream) -> None:
+        was_up = upstream.up
+        upstream.open_until, upstream.probing = time.monotonic() + self.cooldown, False
+        if was_up:
+            self.hooks.state(upstream.name, False)
+
+    def _available(self, upstream: Upstream, now: float) -> bool:
+        """In rotation, or out of it past its cooldown with no probe under way (the next request probes)."""
+        return upstream.up or (now >= upstream.open_until and not upstream.probing)
+
+    # -- routing ---------------------------------------------------------------------------------------
+
+    def candidates(self, model: str | None, session: str | None = None) -> list[Upstream]:
+        """The upstreams that may serve `model`, best first (ModelNotFound when none has it)."""
+        if self.single:
+            return list(self.upstreams)
+        now = time.monotonic()
+        if model is not None and not self.knows(model):
+            raise ModelNotFound(f"Model {model!r} is not available on any Ollama server")
+        pool = [u for u in self.upstreams if (model is None or u.has(model)) and self._available(u, now)]
+        if not pool:
+            raise OllamaUnreachable("No Ollama server that has this model is reachable" if model else
+                                    "No Ollama server is reachable")
+        counts = self.counter.counts([u.name for u in pool])
+        wanted = canonical(model) if model is not None else None
+        served = self._affinity.get(session) if session else None
+        self._turn += 1
+        turn, size = self._turn, len(pool)
+
+        def rank(item):
+            index, upstream = item
+            return (0 if wanted in upstream.loaded else 1, counts[upstream.name] / upstream.spec.max_parallel,
+                    -upstream.spec.weight, 0 if upstream.name == served else 1,
+                    _spread(session, upstream.name) if session else (index - turn) % size)
+
+        return [upstream for _, upstream in sorted(enumerate(pool), key=rank)]
+
+    def remember(self, session: str | None, upstream: Upstream) -> None:
+        """Note which upstream served a conversation's turn (its next turns prefer it)."""
+        if session:
+            with self._lock:
+                self._affinity[session] = upstream.name
+                self._affinity.move_to_end(session)
+                while len(self._affinity) > AFFINITY_ENTRIES:
+                    self._affinity.popitem(last=False)
+
+    def named(self, name: str) -> Upstream:
+        """The upstream called `name` (UnknownUpstream, a 400, if there is none)."""
+        if name not in self.by_name:
+            raise UnknownUpstream(name, list(self.by_name))
+        return self.by_name[name]
+
+    def in_rotation(self) -> list[Upstream]:
+        """The upstreams in rotation now (with one upstream: that one, whatever its state)."""
+        now = time.monotonic()
+        return [u for u in self.upstreams if self.single or self._available(u, now)]
+
+    def open(self, method: str, path: str, body: bytes, *, model: str | None = None, session: str | None = None,
+             upstream: str | None = None, note=None) -> RoutedStream:
+        """Send a request to the best candidate (or the upstream named); its answer is read from the result."""
+        if upstream is not None:
+            candidates = [self.named(upstream)]
+        else:
+            candidates = self.candidates(model, session)
+        return RoutedStream(self, candidates[: 1 + self.retries], method, path, body, model, session, note)
+
+    def fetch(self, method: str, path: str, payload: dict | None = None, **route) -> dict:
+        """A whole call on the best candidate (with failover): its JSON answer, or the mapped error."""
+        body = json.dumps(payload).encode() if payload is not None else b""
+        first = self.upstreams[0].client
+        with deadline(first.request_timeout, f"The call to Ollama's {path}"):
+            return whole_answer(self.open(method, path, body, **route), first.first_byte_timeout, path)
+
+    def call(self, path: str, payload: dict, **route) -> dict:
+        """POST `payload` with stream false to the best candidate and return its JSON answer."""
+        return self.fetch("POST", path, {**payload, "stream": False}, **route)
+
+    def fan_out(self, call, upstreams=None) -> list:
+        """Run call(upstream) on every upstream in rotation at once; [(upstream, result or OllamaError)]."""
+        chosen = upstreams if upstreams is not None else self.in_rotation()
+
+        def one(upstream):
+            try:
+                return upstream, call(upstream)
+            except OllamaError as error:
+                return upstream, error
+
+        if len(chosen) == 1:
+            return [one(chosen[0])]
+        with ThreadPoolExecutor(len(chosen) or 1) as pool:
+            return list(pool.map(one, chosen))
+
+    def in_flight(self) -> dict[str, int]:
+        return self.counter.counts([u.name for u in self.upstreams])
+
+
+class UnknownUpstream(OllamaError):
+    """?upstream= names no configured upstream."""
+
+    kind = "rejected"
+
+    def __init__(self, name: str, names: list):
+        super().__init__(f"No upstream is named {name!r} (there are: {', '.join(names)})")
+
+
+class RoutedStream:
+    """A call on the best candidate, moved to the next one while nothing of an answer has arrived.
+
+    It reads like an OllamaStream (wait_head, read_payload, body, interrupt, close) and holds one of
+    its upstream's in-flight counts until closed.
+    """
+
+    __slots__ = ("_router", "_candidates", "_method", "_path", "_body", "_model", "_session", "_note",
+                 "_stream", "_release", "upstream", "_error")
+
+    def __init__(self, router, candidates, method, path, body, model, session, note):
+        self._router, self._candidates = router, list(candidates)
+        self._method, self._path, self._body, self._model = method, path, body, model
+        self._session, self._note = session, note
+        self._stream = self._release = self.upstream = self._error = None
+        self._next(None)
+
+    def _next(self, reason: str | None) -> None:
+        """Open the request on the next candidate that takes a connection; raise the last error if none does."""
+        router = self._router
+        if self._stream is not None:
+            self.close()
+            router.failed(self.upstream, reason)
+            router.hooks.failover(self.upstream.name, reason)
+            self._stream = None
+        while self._candidates:
+            upstream = self._candidates.pop(0)
+            if not upstream.up:
+                upstream.probing = True
+            try:
+                stream = upstream.client.open(self._method, self._path, self._body, self._model)
+            except OllamaUnreachable as error:
+                router.failed(upstream, "unreachable")
+                self._error = error
+                if self._candidates:
+                    router.hooks.failover(upstream.name, "unreachable")
+                continue
+            self._stream, self.upstream = stream, upstream
+            self._release = router.counter.acquire(upstream.name)
+            if self._note is not None:
+                self._note(upstream.name)
+            return
+        raise self._error
+
+    @property
+    def status(self) -> int:
+        return self._stream.status
+
+    @property
+    def headers(self) -> dict:
+        return self._stream.headers
+
+    def wait_head(self, wait: float, raw: bool = False) -> bool:
+        """Wait for the status line; a failure before any byte of an answer moves on to the next candidate."""
+        while True:
+            try:
+                if not self._stream.wait_head(wait, raw=True):
+                    return False
+            except OllamaBadResponse as error:
+                # The connection closed before a byte of the answer: the request may have been processed, so
+                # only a request without side effects (GET, HEAD) is sent again, to another upstream.
+                if self._candidates and error.before_answer and self._method in ("GET", "HEAD"):
+                    self._next("reset")
+                    continue
+                self._router.failed(self.upstream, "reset")
+                raise
+            status = self._stream.status
+            if status >= 500 and self._candidates:
+                self._next("busy" if status == 503 else "status_5xx")
+                continue
+            if status < 500:
+                self._router.succeeded(self.upstream)
+                self._router.remember(self._session, self.upstream)
+            else:
+                self._router.failed(self.upstream, "busy" if status == 503 else "status_5xx")
+            if not raw:
+                self._stream.raise_for_status()
+            return True
+
+    def read_payload(self, wait: float):
+        return self._stream.read_payload(wait)
+
+    def body(self) -> bytes:
+        return self._stream.body()
+
+    def interrupt(self) -> None:
+        self._stream.interrupt()
+
+    def close(self) -> None:
+        """Release the connection and the in-flight count (once); status and headers stay readable."""
+        if self._release is not None:
+            self._stream.close()
+            self._release()
+            self._release = None
+
+
+SESSION_HEADER = "X-Session-ID"
+_SESSION = re.compile(r"^[\x21-\x7e]{1,128}$")
+
+
+def session_key(header: str | None, messages) -> str | None:
+    """A conversation's key: its X-Session-ID when the client sends one, else a hash of its first messages."""
+    if header and _SESSION.match(header):
+        return "session:" + header
+    return conversation(messages)
+
+
+def conversation(messages) -> str | None:
+    """A conversation's key from its first messages (through the first user message): the same every turn."""
+    if not isinstance(messages, list) or not messages:
+        return None
+    first = []
+    for message in messages:
+        first.append(message)
+        if isinstance(message, dict) and message.get("role") == "user":
+            break
+    return "messages:" + hashlib.sha256(json.dumps(first, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _spread(session: str, name: str) -> int:
+    """A stable order of upstreams per conversation (rendezvous hashing): every worker breaks ties alike."""
+    return -int.from_bytes(hashlib.blake2b(f"{session}\0{name}".encode(), digest_size=8).digest(), "big")
