@@ -18,6 +18,9 @@ from ..upstream.ndjson import Lines, LineTooLong
 
 log = logging.getLogger(__name__)
 
+#: How long a finished stream waits for the end of Ollama's body, so its connection can be reused.
+DRAIN_SECONDS = 0.05
+
 
 class Framing:
     """What the client receives for one kind of stream."""
@@ -64,6 +67,8 @@ def relay(stream, ready: bool, watch, framing: Framing, observation, *, heartbea
                     yield data
                     sent = time.monotonic()
                 if final:
+                    # The client has the last line; the end of the body lets the connection be reused.
+                    stream.drain(DRAIN_SECONDS)
                     return
             elif framing.heartbeat is not None:
                 yield framing.heartbeat

@@ -242,6 +242,10 @@ class OllamaStream:
         except ValueError:
             raise OllamaBadResponse("Ollama's answer is not valid HTTP") from None
 
+    def drain(self, wait: float) -> None:
+        """Read what is left of the body (its end) for up to `wait` s, so the connection can be reused."""
+        self._exchange.drain(wait)
+
     def interrupt(self) -> None:
         """Stop the call now, from any greenlet or the gevent hub; Ollama stops generating."""
         self._exchange.interrupt()

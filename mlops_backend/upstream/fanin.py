@@ -91,6 +91,9 @@ class FanIn:
                 continue
             pieces.append(item)
 
+    def drain(self, wait: float) -> None:
+        """Every pull has ended by the time the last line came: nothing to read."""
+
     def interrupt(self) -> None:
         for _, stream in self._streams:
             stream.interrupt()

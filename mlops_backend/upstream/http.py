@@ -254,6 +254,19 @@ class Exchange:
             if size > self._pool.max_line:
                 raise LineTooLong(self._pool.max_line)
 
+    def drain(self, wait: float) -> None:
+        """After the last line a relay needs: read the end of the body for up to `wait` s, so the
+        connection goes back to the pool (the final chunk of a stream often comes in a read of its own)."""
+        deadline = time.monotonic() + wait
+        try:
+            while not self.complete and not self.closed:
+                left = deadline - time.monotonic()
+                if left <= 0 or self.read_payload(left, left + 1.0) is not None:
+                    return  # silence, or more body than its end: the caller closes the connection
+        except (OSError, ValueError):
+            return
+        self._finish()
+
     def _feed(self, data: bytes) -> None:
         if self.complete:  # bytes after the answer (a HEAD answer's body): the connection cannot be reused
             self._keep_alive = False

@@ -19,6 +19,7 @@ import logging
 import re
 import threading
 import time
+import zlib
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
@@ -54,8 +55,9 @@ class Upstream:
     def up(self) -> bool:
         return self.open_until == 0.0
 
-    def has(self, model: str) -> bool:
-        return self.installed is not None and canonical(model) in self.installed
+    def has(self, wanted: str) -> bool:
+        """True when the model named `wanted` (a canonical name) is installed here."""
+        return self.installed is not None and wanted in self.installed
 
 
 class NoCounter:
@@ -105,6 +107,7 @@ class Router:
         self.failure_limit, self.cooldown, self.health_timeout = failures, cooldown, health_timeout
         self._affinity: OrderedDict[str, str] = OrderedDict()
         self._lock = threading.Lock()
+        self._refreshing = threading.Lock()
         self._turn = 0
         self._last_unknown_refresh = 0.0
         self._thread = None
@@ -136,7 +139,14 @@ class Router:
                 return
 
     def refresh(self) -> None:
-        """Ask every upstream at once for its version, installed and loaded models; bounded by health_timeout."""
+        """Ask every upstream at once for its version, installed and loaded models; bounded by health_timeout.
+
+        One refresh at a time: a request that needs one while another is under way waits for it.
+        """
+        with self._refreshing:
+            self._refresh_all()
+
+    def _refresh_all(self) -> None:
         with ThreadPoolExecutor(len(self.upstreams)) as pool:
             list(pool.map(self._refresh_one, self.upstreams))
 
@@ -158,15 +168,19 @@ class Router:
         upstream.refreshed = time.monotonic()
         self.succeeded(upstream)
 
-    def knows(self, model: str) -> bool:
-        """True when some upstream is known to have `model`; else refresh at once (at most once a second)."""
-        if self.single or any(u.has(model) for u in self.upstreams):
+    def knows(self, wanted: str) -> bool:
+        """True when some upstream is known to have the model `wanted` (canonical); else refresh at once (at
+        most once a second)."""
+        if self.single or any(u.has(wanted) for u in self.upstreams):
             return True
-        now = time.monotonic()
-        if now - self._last_unknown_refresh >= UNKNOWN_REFRESH_SECONDS:
-            self._last_unknown_refresh = now
-            self.refresh()
-        return any(u.has(model) for u in self.upstreams)
+        with self._refreshing:  # a refresh under way (this worker's first, say) may bring it: wait for it
+            if any(u.has(wanted) for u in self.upstreams):
+                return True
+            now = time.monotonic()
+            if now - self._last_unknown_refresh >= UNKNOWN_REFRESH_SECONDS:
+                self._last_unknown_refresh = now
+                self._refresh_all()
+        return any(u.has(wanted) for u in self.upstreams)
 
     # -- health ----------------------------------------------------------------------------------------
 
@@ -203,14 +217,16 @@ class Router:
         if self.single:
             return list(self.upstreams)
         now = time.monotonic()
-        if model is not None and not self.knows(model):
-            raise ModelNotFound(f"Model {model!r} is not available on any Ollama server")
-        pool = [u for u in self.upstreams if (model is None or u.has(model)) and self._available(u, now)]
-        if not pool:
-            raise OllamaUnreachable("No Ollama server that has this model is reachable" if model else
-                                    "No Ollama server is reachable")
-        counts = self.counter.counts([u.name for u in pool])
         wanted = canonical(model) if model is not None else None
+        if wanted is not None and not self.knows(wanted):
+            raise ModelNotFound(f"Model {model!r} is not available on any Ollama server")
+        pool = [u for u in self.upstreams if (wanted is None or u.has(wanted)) and self._available(u, now)]
+        if len(pool) < 2:
+            if not pool:
+                raise OllamaUnreachable("No Ollama server that has this model is reachable" if model else
+                                        "No Ollama server is reachable")
+            return pool
+        counts = self.counter.counts([u.name for u in pool])
         served = self._affinity.get(session) if session else None
         self._turn += 1
         turn, size = self._turn, len(pool)
@@ -376,6 +392,9 @@ class RoutedStream:
     def body(self) -> bytes:
         return self._stream.body()
 
+    def drain(self, wait: float) -> None:
+        self._stream.drain(wait)
+
     def interrupt(self) -> None:
         self._stream.interrupt()
 
@@ -410,6 +429,16 @@ def conversation(messages) -> str | None:
     return "messages:" + hashlib.sha256(json.dumps(first, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
+_MASK = (1 << 64) - 1
+
+
 def _spread(session: str, name: str) -> int:
-    """A stable order of upstreams per conversation (rendezvous hashing): every worker breaks ties alike."""
-    return -int.from_bytes(hashlib.blake2b(f"{session}\0{name}".encode(), digest_size=8).digest(), "big")
+    """A stable order of upstreams per conversation (rendezvous hashing): every worker breaks ties alike.
+
+    crc32 is the same in every process (unlike hash()) and cheap, but linear, so the two are mixed
+    (splitmix64's finaliser) before they are compared; no secret rides on this.
+    """
+    x = (zlib.crc32(session.encode()) << 32) | zlib.crc32(name.encode())
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+    return -(x ^ (x >> 31))
