@@ -16,7 +16,8 @@ import statistics
 import time
 
 from mlops_backend.observability.metrics import CountedInFlight, UpstreamHooks
-from mlops_backend.upstream.router import NoCounter, Router, conversation
+from mlops_backend.upstream.conversations import conversation
+from mlops_backend.upstream.router import NoCounter, Router
 from mlops_backend.upstream.upstreams import UpstreamSpec
 
 MESSAGES = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Why is the sky blue?"}]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from mlops_backend.upstream.client import ModelNotFound, OllamaBadResponse, OllamaUnreachable
-from mlops_backend.upstream.router import Router, conversation, session_key
+from mlops_backend.upstream.conversations import conversation, session_key
+from mlops_backend.upstream.router import Router
 from mlops_backend.upstream.upstreams import UpstreamSpec
 
 

@@ -16,7 +16,7 @@ import requests
 
 from mlops_backend.security.keys import make_entry, new_token, write_entries
 from tests.ollama_double import OllamaDouble
-from tests.support import API_KEY, AUTH, GatewayProcess, post_stream, sse_events, sse_items
+from tests.support import AUTH, GatewayProcess, post_stream, sse_events, sse_items
 
 LLAMA = {"name": "llama3.2", "capabilities": ["completion", "tools"]}
 QWEN = {"name": "qwen3", "capabilities": ["completion", "thinking"]}
@@ -279,7 +279,7 @@ def test_two_gateways_of_two_workers_share_in_flight_counts_on_redis(boxes, fres
                 "RATE_LIMIT_STORAGE": redis_url}
     first, second = start_gateway(**settings), start_gateway(**settings)
     for gateway in (first, second):
-        wait_until(lambda: all(u["models"] for u in health(gateway).values()))
+        wait_until(lambda gateway=gateway: all(u["models"] for u in health(gateway).values()))
     def both_workers_answer():  # the second worker may still be importing the app: wait until it serves
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda _: requests.get(second.url + "/health", headers={"Connection": "close"}, timeout=10),

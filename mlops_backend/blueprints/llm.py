@@ -10,7 +10,7 @@ from ..extensions import current_gateway
 from ..observability import observe
 from ..security.auth import authenticate
 from ..streaming import sse
-from ..upstream.router import SESSION_HEADER, session_key
+from ..upstream.conversations import SESSION_HEADER, session_key
 from .common import guard, json_body, use_model
 
 bp = Blueprint("llm", __name__)

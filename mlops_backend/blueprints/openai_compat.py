@@ -17,7 +17,7 @@ from ..errors import ApiError, openai_error, register_error_handlers
 from ..extensions import current_gateway
 from ..security.json_body import field, parse_object
 from ..upstream import views
-from ..upstream.router import SESSION_HEADER, session_key
+from ..upstream.conversations import SESSION_HEADER, session_key
 
 bp = Blueprint("openai", __name__)
 register_error_handlers(bp, render=openai_error)

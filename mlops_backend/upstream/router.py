@@ -13,18 +13,17 @@ discovered: every request goes to it, as with a single OLLAMA_BASE_URL.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import re
 import threading
 import time
-import zlib
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
-from .client import ModelNotFound, OllamaBadResponse, OllamaError, OllamaUnreachable, deadline, whole_answer
+from .client import ModelNotFound, OllamaError, OllamaUnreachable, deadline, whole_answer
+from .conversations import spread
 from .model_names import canonical
+from .routed import RoutedStream
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +234,7 @@ class Router:
             index, upstream = item
             return (0 if wanted in upstream.loaded else 1, counts[upstream.name] / upstream.spec.max_parallel,
                     -upstream.spec.weight, 0 if upstream.name == served else 1,
-                    _spread(session, upstream.name) if session else (index - turn) % size)
+                    spread(session, upstream.name) if session else (index - turn) % size)
 
         return [upstream for _, upstream in sorted(enumerate(pool), key=rank)]
 
@@ -305,140 +304,3 @@ class UnknownUpstream(OllamaError):
 
     def __init__(self, name: str, names: list):
         super().__init__(f"No upstream is named {name!r} (there are: {', '.join(names)})")
-
-
-class RoutedStream:
-    """A call on the best candidate, moved to the next one while nothing of an answer has arrived.
-
-    It reads like an OllamaStream (wait_head, read_payload, body, interrupt, close) and holds one of
-    its upstream's in-flight counts until closed.
-    """
-
-    __slots__ = ("_router", "_candidates", "_method", "_path", "_body", "_model", "_session", "_note",
-                 "_stream", "_release", "upstream", "_error")
-
-    def __init__(self, router, candidates, method, path, body, model, session, note):
-        self._router, self._candidates = router, list(candidates)
-        self._method, self._path, self._body, self._model = method, path, body, model
-        self._session, self._note = session, note
-        self._stream = self._release = self.upstream = self._error = None
-        self._next(None)
-
-    def _next(self, reason: str | None) -> None:
-        """Open the request on the next candidate that takes a connection; raise the last error if none does."""
-        router = self._router
-        if self._stream is not None:
-            self.close()
-            router.failed(self.upstream, reason)
-            router.hooks.failover(self.upstream.name, reason)
-            self._stream = None
-        while self._candidates:
-            upstream = self._candidates.pop(0)
-            if not upstream.up:
-                upstream.probing = True
-            try:
-                stream = upstream.client.open(self._method, self._path, self._body, self._model)
-            except OllamaUnreachable as error:
-                router.failed(upstream, "unreachable")
-                self._error = error
-                if self._candidates:
-                    router.hooks.failover(upstream.name, "unreachable")
-                continue
-            self._stream, self.upstream = stream, upstream
-            self._release = router.counter.acquire(upstream.name)
-            if self._note is not None:
-                self._note(upstream.name)
-            return
-        raise self._error
-
-    @property
-    def status(self) -> int:
-        return self._stream.status
-
-    @property
-    def headers(self) -> dict:
-        return self._stream.headers
-
-    def wait_head(self, wait: float, raw: bool = False) -> bool:
-        """Wait for the status line; a failure before any byte of an answer moves on to the next candidate."""
-        while True:
-            try:
-                if not self._stream.wait_head(wait, raw=True):
-                    return False
-            except OllamaBadResponse as error:
-                # The connection closed before a byte of the answer: the request may have been processed, so
-                # only a request without side effects (GET, HEAD) is sent again, to another upstream.
-                if self._candidates and error.before_answer and self._method in ("GET", "HEAD"):
-                    self._next("reset")
-                    continue
-                self._router.failed(self.upstream, "reset")
-                raise
-            status = self._stream.status
-            if status >= 500 and self._candidates:
-                self._next("busy" if status == 503 else "status_5xx")
-                continue
-            if status < 500:
-                self._router.succeeded(self.upstream)
-                self._router.remember(self._session, self.upstream)
-            else:
-                self._router.failed(self.upstream, "busy" if status == 503 else "status_5xx")
-            if not raw:
-                self._stream.raise_for_status()
-            return True
-
-    def read_payload(self, wait: float):
-        return self._stream.read_payload(wait)
-
-    def body(self) -> bytes:
-        return self._stream.body()
-
-    def drain(self, wait: float) -> None:
-        self._stream.drain(wait)
-
-    def interrupt(self) -> None:
-        self._stream.interrupt()
-
-    def close(self) -> None:
-        """Release the connection and the in-flight count (once); status and headers stay readable."""
-        if self._release is not None:
-            self._stream.close()
-            self._release()
-            self._release = None
-
-
-SESSION_HEADER = "X-Session-ID"
-_SESSION = re.compile(r"^[\x21-\x7e]{1,128}$")
-
-
-def session_key(header: str | None, messages) -> str | None:
-    """A conversation's key: its X-Session-ID when the client sends one, else a hash of its first messages."""
-    if header and _SESSION.match(header):
-        return "session:" + header
-    return conversation(messages)
-
-
-def conversation(messages) -> str | None:
-    """A conversation's key from its first messages (through the first user message): the same every turn."""
-    if not isinstance(messages, list) or not messages:
-        return None
-    first = []
-    for message in messages:
-        first.append(message)
-        if isinstance(message, dict) and message.get("role") == "user":
-            break
-    return "messages:" + hashlib.sha256(json.dumps(first, sort_keys=True, default=str).encode()).hexdigest()[:32]
-
-
-_MASK = (1 << 64) - 1
-
-
-def _spread(session: str, name: str) -> int:
-    """A stable order of upstreams per conversation (rendezvous hashing): every worker breaks ties alike.
-
-    crc32 is the same in every process (unlike hash()) and cheap, but linear, so the two are mixed
-    (splitmix64's finaliser) before they are compared; no secret rides on this.
-    """
-    x = (zlib.crc32(session.encode()) << 32) | zlib.crc32(name.encode())
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
-    return -(x ^ (x >> 31))
