@@ -143,16 +143,17 @@ class OllamaClient:
             return whole_answer(self.open(method, path, body, model), min(limit, self.first_byte_timeout), path,
                                 empty)
 
-    def open(self, method: str, path: str, body: bytes = b"", model=None) -> OllamaStream:
+    def open(self, method: str, path: str, body: bytes = b"", model=None, content_type: str = "application/json",
+             headers: tuple = ()) -> OllamaStream:
         """Send a request (a body as the client wrote it, or ours); read the answer as it comes from the result."""
         try:
-            exchange = self.pool.request(method, path, body)
+            exchange = self.pool.request(method, path, body, content_type, headers)
         except socket.timeout:
             raise OllamaUnreachable(f"No connection to Ollama within {self.connect_timeout:g} s") from None
         except OSError:
             raise OllamaUnreachable("Ollama is not reachable") from None
         except ValueError:
-            raise OllamaRejected("The path cannot be sent to Ollama as it is") from None
+            raise OllamaRejected("The path or a header cannot be sent to Ollama as it is") from None
         return OllamaStream(self, exchange, model)
 
 

@@ -28,6 +28,14 @@ MAX_HEAD = 65536
 #: A path as it may stand in the request line: printable ASCII, no space (RFC 9112 request-target).
 _PATH = re.compile(r"/[\x21-\x7e]*")
 _METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"}
+#: A header name (an RFC 9110 token) and a value (visible ASCII, spaces and tabs: no line break).
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_VALUE = re.compile(r"[\x20-\x7e\t]*")
+
+
+def sendable_header(name: str, value: str) -> bool:
+    """Whether a header can go upstream as it is: a token for a name, visible ASCII for a value."""
+    return bool(_HEADER_NAME.fullmatch(name) and _HEADER_VALUE.fullmatch(value))
 
 
 class UpstreamClosed(ConnectionError):
@@ -50,23 +58,31 @@ class UpstreamPool:
         # Certificates are verified (the system's CAs, or the upstream's own ca_bundle), host names checked.
         self._tls_context = ssl.create_default_context(cafile=ca_bundle) if self.tls else None
         host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-        head = [f"Host: {host}:{self.address[1]}", "User-Agent: mlops-backend", "Accept: application/json",
-                "Content-Type: application/json"]
+        head = [f"Host: {host}:{self.address[1]}", "User-Agent: mlops-backend", "Accept: application/json"]
         if parts.username:
             token = base64.b64encode(f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()).decode()
             head.append(f"Authorization: Basic {token}")
-        self._headers = ("\r\n".join(head) + "\r\n").encode()
+        self._common = ("\r\n".join(head) + "\r\n").encode()
+        self._headers = self._common + b"Content-Type: application/json\r\n"
 
-    def request(self, method: str, path: str, body: bytes) -> Exchange:
+    def request(self, method: str, path: str, body: bytes, content_type: str = "application/json",
+                headers: tuple = ()) -> Exchange:
         """Send one request on a pooled (or new) connection; return the exchange awaiting its answer.
 
-        OSError: no connection could be opened. ValueError: the method or path cannot be sent as it is.
+        `headers` are extra (name, value) pairs, such as anthropic-version. OSError: no connection
+        could be opened. ValueError: the method, path or a header cannot be sent as it is.
         """
         if method not in _METHODS or not _PATH.fullmatch(path):
             # A space or line break in the request line would let a client write its own request to Ollama.
             raise ValueError(f"not a method and percent-encoded path: {method[:10]!r} {path[:80]!r}")
+        head = self._headers
+        if headers or content_type != "application/json":
+            extra = [("Content-Type", content_type), *headers]
+            if not all(sendable_header(name, value) for name, value in extra):
+                raise ValueError("a header name or value that cannot be sent as it is")
+            head = self._common + "".join(f"{name}: {value}\r\n" for name, value in extra).encode()
         message = b"%s %s%s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n%s" % (
-            method.encode(), self.prefix, path.encode(), self._headers, len(body), body)
+            method.encode(), self.prefix, path.encode(), head, len(body), body)
         while self._idle:
             sock = self._idle.pop()
             if _still_open(sock):

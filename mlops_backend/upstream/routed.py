@@ -13,11 +13,13 @@ class RoutedStream:
     """
 
     __slots__ = ("_router", "_candidates", "_method", "_path", "_body", "_model", "_session", "_note",
-                 "_stream", "_release", "upstream", "_error")
+                 "_content_type", "_headers", "_stream", "_release", "upstream", "_error")
 
-    def __init__(self, router, candidates, method, path, body, model, session, note):
+    def __init__(self, router, candidates, method, path, body, model, session, note,
+                 content_type="application/json", headers=()):
         self._router, self._candidates = router, list(candidates)
         self._method, self._path, self._body, self._model = method, path, body, model
+        self._content_type, self._headers = content_type, headers
         self._session, self._note = session, note
         self._stream = self._release = self.upstream = self._error = None
         self._next(None)
@@ -35,7 +37,8 @@ class RoutedStream:
             if not upstream.up:
                 upstream.probing = True
             try:
-                stream = upstream.client.open(self._method, self._path, self._body, self._model)
+                stream = upstream.client.open(self._method, self._path, self._body, self._model, self._content_type,
+                                              self._headers)
             except OllamaUnreachable as error:
                 router.failed(upstream, "unreachable")
                 self._error = error

@@ -259,13 +259,17 @@ class Router:
         return [u for u in self.upstreams if self.single or self._available(u, now)]
 
     def open(self, method: str, path: str, body: bytes, *, model: str | None = None, session: str | None = None,
-             upstream: str | None = None, note=None) -> RoutedStream:
-        """Send a request to the best candidate (or the upstream named); its answer is read from the result."""
+             upstream: str | None = None, note=None, content_type: str = "application/json",
+             headers: tuple = ()) -> RoutedStream:
+        """Send a request to the best candidate (or the upstream named); its answer is read from the result.
+
+        `content_type` and `headers` (extra (name, value) pairs) go out with it."""
         if upstream is not None:
             candidates = [self.named(upstream)]
         else:
             candidates = self.candidates(model, session)
-        return RoutedStream(self, candidates[: 1 + self.retries], method, path, body, model, session, note)
+        return RoutedStream(self, candidates[: 1 + self.retries], method, path, body, model, session, note,
+                            content_type, headers)
 
     def fetch(self, method: str, path: str, payload: dict | None = None, **route) -> dict:
         """A whole call on the best candidate (with failover): its JSON answer, or the mapped error."""
