@@ -99,6 +99,15 @@ class GatewayProcess:
         return code
 
 
+def keys_file(tmp_path_factory, *entries: dict) -> str:
+    """A keys file holding `entries` (from security.keys.make_entry), in a fresh temporary directory."""
+    from mlops_backend.security.keys import write_entries
+
+    path = tmp_path_factory.mktemp("keys") / "keys.toml"
+    write_entries(str(path), list(entries))
+    return str(path)
+
+
 def wait_for_access_line(gateway, request_id: str, timeout: float = 5.0) -> str:
     """Wait until the gateway's log holds the access line of request `request_id`, and return that line.
 

@@ -6,6 +6,7 @@ from flask import json, request
 
 from ..errors import ApiError
 from ..extensions import current_gateway
+from ..security.request_body import read_body
 from ..security.auth import authenticate, permit_model, require_scope
 
 
@@ -24,7 +25,7 @@ def use_model(model: str) -> str:
 
 def json_body() -> dict:
     """Read the body as a JSON object, or fail with 400 (413 past the size limit, before reading it all)."""
-    raw = request.get_data(cache=False)
+    raw = read_body()
     try:
         body = json.loads(raw) if raw else None
     except ValueError as exc:
