@@ -186,6 +186,14 @@ class Config:
     max_body_bytes: int = _setting(
         "MAX_BODY_BYTES", str(10 * 1024 * 1024), _number(int, 1024), "Largest request body accepted (413 beyond)"
     )
+    max_audio_bytes: int = _setting(
+        "MAX_AUDIO_BYTES", str(25 * 1024 * 1024), _number(int, 1024),
+        "Largest audio file /v1/audio/transcriptions accepts (413 beyond)",
+    )
+    ollama_version_public: bool = _setting(
+        "OLLAMA_VERSION_PUBLIC", "true", _boolean,
+        "Answer GET /ollama/ and /ollama/api/version without a key, as probes and clients' connection tests expect",
+    )
     log_level: str = _setting("LOG_LEVEL", "info", _log_level, "debug, info, warning, error or critical")
     sse_heartbeat_seconds: float = _setting(
         "SSE_HEARTBEAT_SECONDS", "10", _number(float, 0.05), "Seconds between SSE comment lines while Ollama is silent"

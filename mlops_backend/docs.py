@@ -34,8 +34,9 @@ EVENT_STREAM = "text/event-stream"
 DESCRIPTION = """An authenticated gateway in front of an Ollama server.
 
 Send the API key in `X-API-Key` (or `Authorization: Bearer <key>`). Keys have scopes: `use` for
-the LLM routes, `admin` also for model management, usage and metrics. Every error is
-`application/problem+json` (RFC 9457). Streams are Server-Sent Events; see `POST /api/llm/stream`.
+the LLM routes, `admin` also for model management, usage and metrics. Every error of the
+gateway's own routes is `application/problem+json` (RFC 9457); the pass-through routes (`/ollama/`,
+`/v1/`) answer in their API's own error shape. Streams are Server-Sent Events; see `POST /api/llm/stream`.
 Responses of keyed routes carry `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`."""
 
 KEYED_ERRORS = {"401": "Missing or wrong API key", "403": "The key lacks the scope, or the model is outside its allow-list",
@@ -45,6 +46,15 @@ BODY_ERRORS = {"400": "Malformed JSON or a body that is not a JSON object", "413
 OLLAMA_ERRORS = {"404": "Unknown model", "502": "Ollama failed or answered badly",
                  "503": "Ollama unreachable, or busy (with Retry-After)", "504": "Ollama timed out"}
 
+#: The pass-through APIs' tags, described.
+TAGS = {
+    "ollama": "Ollama's own API under `/ollama/`, as ollama-python, ollama-js, LangChain and Open WebUI call it "
+              "(set their base URL or `OLLAMA_HOST` to `<gateway>/ollama`). Errors are `{\"error\": \"...\"}`.",
+    "openai": "OpenAI-compatible routes, relayed to Ollama's /v1 layer. Each one also answers under Ollama's base "
+              "URL, at `/ollama/v1/...`, as Ollama serves it. Errors are OpenAI's `{\"error\": {...}}`.",
+    "anthropic": "Anthropic's Messages API (`ANTHROPIC_BASE_URL=<gateway>`, for the anthropic SDKs and Claude Code), "
+                 "also at `/ollama/v1/messages`. Errors are `{\"type\": \"error\", \"error\": {...}}`.",
+}
 #: The docstrings of views we do not write (flasgger's): summary line, then YAML after `---`.
 DOCSTRINGS = {"flasgger.openapi": """The OpenAPI document: OpenAPI 3.2, or 3.0.3 with `?openapi=3.0`.
 ---
@@ -114,6 +124,8 @@ def _build(app, version: str = OPENAPI_VERSION) -> dict:
                    plugins=[MarshmallowPlugin()], info={"description": DESCRIPTION})
     spec.components.security_scheme("ApiKeyAuth", {"type": "apiKey", "in": "header", "name": "X-API-Key"})
     spec.components.security_scheme("BearerAuth", {"type": "http", "scheme": "bearer"})
+    for name, description in TAGS.items():
+        spec.tag({"name": name, "description": description})
     for module in (schemas, responses):
         for name, cls in inspect.getmembers(module, inspect.isclass):
             # Nested schemas are registered by the plugin as it meets them: skip those.
@@ -123,6 +135,8 @@ def _build(app, version: str = OPENAPI_VERSION) -> dict:
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
         path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
         operation = _operation(app.view_functions[rule.endpoint], rule)
+        if rule.rule.startswith("/ollama/v1/"):  # the /v1 operation again, under Ollama's base URL
+            operation["operationId"] += "_under_ollama"
         methods = sorted(rule.methods - {"HEAD", "OPTIONS"})
         for method in methods:
             one = dict(operation)

@@ -160,7 +160,7 @@ def ollama_error(status: int, title: str, detail: str, slug: str, headers=None, 
 #: OpenAI's error `type` by status; `code` is our slug.
 OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                 404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
-                422: "invalid_request_error", 429: "rate_limit_error"}
+                415: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error"}
 
 
 def openai_error(status: int, title: str, detail: str, slug: str, headers=None, **extra) -> Response:
@@ -170,6 +170,45 @@ def openai_error(status: int, title: str, detail: str, slug: str, headers=None, 
     response = current_app.response_class(json.dumps(body), status=status, mimetype="application/json")
     response.headers.update(headers or {})
     return response
+
+
+#: Anthropic's error `type` by status (its SDKs pick the exception class by status).
+ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                   404: "not_found_error", 405: "invalid_request_error", 413: "request_too_large",
+                   415: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error",
+                   503: "overloaded_error", 529: "overloaded_error"}
+
+
+def anthropic_error_body(status: int, message: str) -> dict:
+    """Anthropic's error object, `{"type": "error", "error": {"type", "message"}}`."""
+    return {"type": "error", "error": {"type": ANTHROPIC_TYPES.get(status, "api_error"), "message": message}}
+
+
+def anthropic_error(status: int, title: str, detail: str, slug: str, headers=None, **extra) -> Response:
+    """Anthropic's error shape, which its SDKs (and Claude Code) read; with the request id, as Anthropic sends it."""
+    body = anthropic_error_body(status, detail)
+    request_id = g.get("request_id") if g else None
+    if request_id:
+        body["request_id"] = request_id
+    response = current_app.response_class(json.dumps(body), status=status, mimetype="application/json")
+    response.headers.update(headers or {})
+    return response
+
+
+def v1_error(status: int, title: str, detail: str, slug: str, headers=None, **extra) -> Response:
+    """Under /v1/ (and /ollama/v1/): Anthropic's shape on the Messages API, OpenAI's on the others."""
+    render = anthropic_error if "/v1/messages" in request.path else openai_error
+    return render(status, title, detail, slug, headers, **extra)
+
+
+def by_path(status: int, title: str, detail: str, slug: str, headers=None, **extra) -> Response:
+    """The app's own handler (routes no blueprint matched): each API's shape under its prefix, else problem+json."""
+    path = request.path
+    if path.startswith(("/v1/", "/ollama/v1/")):
+        return v1_error(status, title, detail, slug, headers, **extra)
+    if path.startswith("/ollama/") or path == "/ollama":
+        return ollama_error(status, title, detail, slug, headers, **extra)
+    return problem_response(status, title, detail, slug, headers, **extra)
 
 
 def _flatten(messages, prefix=""):

@@ -8,14 +8,16 @@ from functools import partial
 from flask import Flask
 
 from .config import PLACEHOLDER_KEY, Config
-from .errors import register_error_handlers
+from .errors import by_path, register_error_handlers
 from .observability import observe
 from .extensions import KEY, Gateway, cors
 from .observability.request_context import add_request_id_header, assign_request_id, configure_logging
 
 log = logging.getLogger(__name__)
 
-CORS_HEADERS = ["Content-Type", "X-API-Key", "Authorization", "X-Request-ID"]
+CORS_HEADERS = ["Content-Type", "Content-Encoding", "X-API-Key", "Authorization", "X-Request-ID", "X-Session-ID",
+                # What the openai and anthropic SDKs send from a browser (dangerouslyAllowBrowser).
+                "anthropic-version", "anthropic-beta", "anthropic-dangerous-direct-browser-access", r"x-stainless-[a-z-]+"]
 EXPOSED_HEADERS = ["X-Request-ID", "Retry-After", "WWW-Authenticate", "RateLimit-Limit", "RateLimit-Remaining",
                    "RateLimit-Reset"]
 
@@ -32,7 +34,7 @@ def create_app(config: Config | dict | None = None) -> Flask:
     register_request_hooks(app)
     register_rate_limits(app)
     register_commands(app)
-    register_error_handlers(app)
+    register_error_handlers(app, render=by_path)
     register_cors(app, config)
     register_docs(app)
     warn_about_config(config)

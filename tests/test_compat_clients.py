@@ -18,9 +18,9 @@ import pytest
 import requests
 from openai import OpenAI
 
-from mlops_backend.security.keys import make_entry, new_token, write_entries
+from mlops_backend.security.keys import make_entry, new_token
 from tests.ollama_double.wire import VERSION
-from tests.support import API_KEY, GatewayProcess
+from tests.support import API_KEY, GatewayProcess, keys_file
 
 TOKENS = ["Hello", ",", " wor", "ld", " <&>", " ✓"]
 TEXT = "".join(TOKENS)
@@ -41,26 +41,24 @@ class Keys:
 
 
 @pytest.fixture(scope="module")
-def keys_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("compat-keys") / "keys.json"
-    write_entries(str(path), [make_entry("use", Keys.use, ["use"]),
-                              make_entry("narrow", Keys.narrow, ["use"], models=["llama3.2"]),
-                              make_entry("meter", Keys.meter, ["use"])])
-    return str(path)
+def keys(tmp_path_factory):
+    return keys_file(tmp_path_factory, make_entry("use", Keys.use, ["use"]),
+                     make_entry("narrow", Keys.narrow, ["use"], models=["llama3.2"]),
+                     make_entry("meter", Keys.meter, ["use"]))
 
 
 @pytest.fixture(scope="module")
-def gw(double, keys_file):
+def gw(double, keys):
     """This module's gateway (what start_gateway does, kept for the whole module): named keys, fast usage writes."""
-    process = GatewayProcess(double.url, API_KEYS_FILE=keys_file, USAGE_FLUSH_SECONDS="0.2").start()
+    process = GatewayProcess(double.url, API_KEYS_FILE=keys, USAGE_FLUSH_SECONDS="0.2").start()
     yield process
     process.stop()
 
 
 @pytest.fixture(scope="module")
-def faulty_gw(double, keys_file):
+def faulty_gw(double, keys):
     """A gateway that gives up on Ollama after 0.3 s of silence between two chunks."""
-    process = GatewayProcess(double.url, API_KEYS_FILE=keys_file, USAGE_FLUSH_SECONDS="0.2",
+    process = GatewayProcess(double.url, API_KEYS_FILE=keys, USAGE_FLUSH_SECONDS="0.2",
                              OLLAMA_CHUNK_TIMEOUT="0.3").start()
     yield process
     process.stop()
@@ -504,6 +502,8 @@ def test_client_leaving_mid_stream_releases_ollama(gw, double):
 STREAM_FAULTS = {"drop": {"fault": "drop", "fault_after": 2},
                  "timeout": {"delay": 1.0}}  # 1 s of silence after the first line; the gateway waits 0.3 s
 FAULT_MESSAGES = {"drop": "The connection to Ollama dropped mid-response", "timeout": "Ollama sent nothing for 0.3 s"}
+#: The error kind each fault is, as the OpenAI error's `code` names it.
+FAULT_CODES = {"drop": "bad_response", "timeout": "timeout"}
 
 
 @pytest.mark.parametrize("fault", STREAM_FAULTS)
@@ -540,7 +540,8 @@ def test_openai_stream_fault_ends_with_one_error_event(faulty_gw, double, fault)
             for chunk in client.chat.completions.create(model="llama3.2", messages=HI, stream=True):
                 deltas.append(chunk.choices[0].delta.content)
     assert deltas == TOKENS[:expect_chunks] and info.value.message == FAULT_MESSAGES[fault]
-    assert info.value.body == {"message": FAULT_MESSAGES[fault], "type": "api_error", "param": None, "code": None}
+    assert info.value.body == {"message": FAULT_MESSAGES[fault], "type": "api_error", "param": None,
+                               "code": FAULT_CODES[fault]}
 
     double.script(tokens=TOKENS, **STREAM_FAULTS[fault])
     with http("POST", faulty_gw.url + "/v1/chat/completions", Keys.use, stream=True,
@@ -550,7 +551,7 @@ def test_openai_stream_fault_ends_with_one_error_event(faulty_gw, double, fault)
     chunks = [json.loads(e) for e in events]
     assert [c["choices"][0]["delta"]["content"] for c in chunks[:-1]] == TOKENS[:expect_chunks]
     assert chunks[-1] == {"error": {"message": FAULT_MESSAGES[fault], "type": "api_error", "param": None,
-                                    "code": None}}
+                                    "code": FAULT_CODES[fault]}}
     wait_usage_row(faulty_gw, "use", "llama3.2:latest", requests=before["requests"] + 2, errors=before["errors"] + 2)
 
 

@@ -60,7 +60,8 @@ def test_each_scope_has_exactly_the_routes_the_design_lists():
     use = {"GET /ollama/", "GET /ollama/api/version", "GET /ollama/api/tags", "GET /ollama/api/ps",
            "POST /ollama/api/show", "POST /ollama/api/generate", "POST /ollama/api/chat", "POST /ollama/api/embed",
            "POST /ollama/api/embeddings", "POST /v1/chat/completions", "POST /v1/completions", "POST /v1/embeddings",
-           "GET /v1/models", "GET /v1/models/*"}
+           "POST /v1/responses", "POST /v1/messages", "POST /v1/audio/transcriptions", "GET /v1/models",
+           "GET /v1/models/*"}
     admin = {"POST /ollama/api/pull", "POST /ollama/api/push", "POST /ollama/api/create", "POST /ollama/api/copy",
              "DELETE /ollama/api/delete"}
     cloud = {"POST /ollama/api/experimental/web_search", "POST /ollama/api/experimental/web_fetch"}
@@ -72,7 +73,7 @@ def test_each_scope_has_exactly_the_routes_the_design_lists():
     ("POST", "/ollama/api/signout"), ("DELETE", "/ollama/api/user/keys/abc"), ("POST", "/ollama/api/me"),
     ("GET", "/ollama/api/status"), ("GET", "/ollama/api/experimental/model-recommendations"),
     ("POST", "/ollama/api/blobs/sha256:00"), ("HEAD", "/ollama/api/blobs/sha256:00"), ("POST", "/ollama/api/future"),
-    ("POST", "/v1/responses"), ("POST", "/v1/messages"), ("POST", "/v1/audio/transcriptions"),
+    ("POST", "/v1/messages/count_tokens"), ("GET", "/v1/responses"), ("POST", "/v1/audio/translations"),
     ("GET", "/ollama/api/generate"), ("HEAD", "/ollama/api/ps"), ("POST", "/ollama/api/Generate"),
 ])
 def test_routes_off_the_list_need_no_scope_anyone_has(method, path):
@@ -151,7 +152,8 @@ def test_admin_routes_refuse_a_use_key_and_serve_an_admin_key(gw, double, method
 @pytest.mark.parametrize("method,path", [
     ("POST", "/ollama/api/signout"), ("GET", "/ollama/api/experimental/model-recommendations"),
     ("POST", "/ollama/api/blobs/sha256:" + "0" * 64), ("POST", "/ollama/api/future"),
-    ("POST", "/v1/responses"), ("POST", "/v1/messages"), ("POST", "/v1/audio/transcriptions"), ("GET", "/v1/files"),
+    ("POST", "/v1/messages/count_tokens"), ("POST", "/v1/audio/translations"), ("GET", "/v1/files"),
+    ("POST", "/ollama/v1/files"),
 ])
 def test_routes_no_scope_lists_answer_403_to_every_key(gw, double, method, path):
     for key in (Keys.use, Keys.admin, Keys.admin_cloud, API_KEY):
@@ -159,6 +161,8 @@ def test_routes_no_scope_lists_answer_403_to_every_key(gw, double, method, path)
         assert response.status_code == 403, (key, response.text)
         message = response.json()["error"]
         assert "not relayed to any key" in (message if isinstance(message, str) else message["message"])
+        if "/v1/messages" in path:  # Anthropic's error shape
+            assert response.json()["type"] == "error" and message["type"] == "permission_error"
     assert reached(double) == []
 
 

@@ -8,29 +8,62 @@ import pytest
 import requests
 
 from mlops_backend import create_app
+from tests.ollama_double.native import VERSION
 from tests.support import API_KEY
 
 PUBLIC = {"/health", "/api/llm/health", "/openapi.json", "/docs/", "/redoc", "/redoc/redoc.standalone.js",
-          "/docs/static/<path:filename>", "/oauth2-redirect.html", "/apidocs/index.html"}
+          "/docs/static/<path:filename>", "/oauth2-redirect.html", "/apidocs/index.html", "/ollama/"}
+#: Public only for GET (and HEAD) of these paths, under OLLAMA_VERSION_PUBLIC: Ollama's probes.
+PROBES = ("/ollama/", "/ollama/api/version")
 
 
 def concrete(rule) -> str:
     return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", "swagger-ui.css" if "static" in rule.rule else "x", rule.rule)
 
 
-def test_every_route_but_the_public_ones_refuses_a_request_without_a_key(app, client):
+def test_every_route_but_the_public_ones_refuses_a_request_without_a_key(double, close_apps):
+    # Two wrong requests for each route and method: more than AUTH_FAILURES_PER_MINUTE's default allows.
+    app = create_app({"API_KEY": API_KEY, "OLLAMA_BASE_URL": double.url, "DATABASE_URL": "sqlite://",
+                      "AUTH_FAILURES_PER_MINUTE": "0"})
+    close_apps(app)
+    client = app.test_client()
     rules = list(app.url_map.iter_rules())
     assert {rule.rule for rule in rules} >= PUBLIC
     protected = [rule for rule in rules if rule.rule not in PUBLIC]
     assert len(protected) >= 3
     for rule in protected:
         for method in rule.methods - {"OPTIONS", "HEAD"}:
+            if (concrete(rule), method) == ("/ollama/api/x", "GET"):
+                assert client.get("/ollama/api/version").status_code == 200  # the one public route under it
             with client.open(concrete(rule), method=method, json={"prompt": "hi"}) as response:
                 assert response.status_code == 401, (rule.rule, method)
             assert response.headers["WWW-Authenticate"]
             response = client.open(concrete(rule), method=method, json={"prompt": "hi"},
                                    headers={"X-API-Key": API_KEY + "x"})
             assert response.status_code == 401, (rule.rule, method)
+
+
+def test_ollamas_probes_answer_without_a_key_but_check_a_key_that_is_sent(client, double):
+    for path in PROBES:
+        for method in ("GET", "HEAD"):
+            assert client.open(path, method=method).status_code == 200, (path, method)
+        wrong = client.get(path, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and wrong.is_json and "error" in wrong.get_json()
+    assert client.get("/ollama/api/version").get_json() == {"version": VERSION}
+    assert client.post("/ollama/api/version").status_code == 401  # only GET and HEAD are probes
+    assert client.get("/ollama/api/tags").status_code == 401
+
+
+def test_ollama_version_public_false_asks_for_a_key(double, close_apps):
+    app = create_app({"API_KEY": API_KEY, "OLLAMA_BASE_URL": double.url, "DATABASE_URL": "sqlite://",
+                      "OLLAMA_VERSION_PUBLIC": "false"})
+    close_apps(app)
+    client = app.test_client()
+    for path in PROBES:
+        refused = client.get(path)
+        assert refused.status_code == 401 and refused.get_json() == {"error": "Send the API key in X-API-Key or "
+                                                                              "Authorization: Bearer"}
+        assert client.get(path, headers={"X-API-Key": API_KEY}).status_code == 200
 
 
 def test_public_routes_answer_without_a_key(client):

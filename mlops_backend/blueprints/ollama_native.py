@@ -12,7 +12,8 @@ import re
 from flask import Blueprint, request
 
 from ..streaming import passthrough
-from ..security.auth import authenticate, permit_body, require_route
+from ..security.request_body import read_body
+from ..security.auth import authenticate, permit_body, presented_key, require_route
 from ..errors import ApiError, ollama_error, register_error_handlers
 from ..extensions import current_gateway
 from ..security.json_body import field, parse_object
@@ -40,19 +41,36 @@ MERGED = {"tags", "ps", "version"}
 _ROUTE = re.compile(r"^[a-z]+(/[A-Za-z0-9:._-]*[A-Za-z0-9_-])*$")
 
 
+#: What load balancers, uptime checks and clients' connection tests probe: public with OLLAMA_VERSION_PUBLIC.
+PROBES = {"/ollama/", "/ollama/api/version"}
+
+
+def public_probe() -> bool:
+    """True for a probe sent without a key while OLLAMA_VERSION_PUBLIC holds (a key that is sent is checked)."""
+    return (current_gateway().config.ollama_version_public and request.method in ("GET", "HEAD")
+            and presented_key() is None and _path() in PROBES)
+
+
+def _path() -> str:
+    """The request's route as route_policy names it."""
+    route = (request.view_args or {}).get("route")
+    return "/ollama/" + ("" if route is None else "api/" + route)
+
+
 @bp.before_request
 def guard():
     """Cap the body, check the key, and the scope its route needs (no scope opens an unlisted route)."""
     gateway = current_gateway()
     request.max_content_length = gateway.config.max_body_bytes
+    if public_probe():
+        return
     key = authenticate(gateway)
     if request.method == "OPTIONS":
         return
     route = (request.view_args or {}).get("route")
     if route is not None and (not _ROUTE.match(route) or ".." in route):
         raise ApiError(404, "Not Found", f"no route /api/{route}", slug="not-found")
-    require_route(key, request.method, "/ollama/" + ("" if route is None else "api/" + route),
-                  gateway.config.open_upstream_routes)
+    require_route(key, request.method, _path(), gateway.config.open_upstream_routes)
 
 
 @bp.get("/ollama/")
@@ -81,8 +99,10 @@ def api(route):
     """
     gateway = current_gateway()
     router = gateway.upstreams
+    if public_probe():
+        return version()
     key = authenticate(gateway)
-    raw = request.get_data(cache=False)
+    raw = read_body()
     body = parse_object(raw) if raw else {}
     permit_body(key, body, MODEL_FIELDS)
     # HEAD gets GET's answer without its body (Werkzeug drops it), as Ollama's own HEAD routes do.
@@ -106,6 +126,14 @@ def api(route):
                              slot=streaming or route in GENERATION_ROUTES, keep=keep, model=model,
                              session=session_key(request.headers.get(SESSION_HEADER), field(body, "messages")),
                              upstream=upstream)
+
+
+def version():
+    """/api/version (the lowest of every upstream's, with several), asked without a key."""
+    router = current_gateway().upstreams
+    if not router.single:
+        return {"version": views.lowest_version(router)}
+    return passthrough.relay("GET", "/api/version", b"", passthrough.OLLAMA, streaming=False, slot=False)
 
 
 def merged(route: str, key):

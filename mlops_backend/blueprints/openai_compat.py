@@ -1,8 +1,11 @@
-"""OpenAI-compatible routes under /v1/, relayed to Ollama's own /v1 layer: for the openai SDKs and
-the many tools built on them.
+"""The OpenAI- and Anthropic-compatible routes under /v1/ (and /ollama/v1/), relayed to Ollama's own /v1
+layer: for the openai and anthropic SDKs, Claude Code, and the many tools built on them.
 
-Bodies and answers pass unchanged (SSE `data:` chunks and `data: [DONE]` as they arrive); errors
-the gateway itself raises come in OpenAI's shape, `{"error": {"message", "type", "code"}}`.
+Bodies and answers pass unchanged (SSE chunks and typed events as they arrive); errors the gateway
+itself raises come in the API's own shape: Anthropic's `{"type": "error", "error": {...}}` on
+/v1/messages, OpenAI's `{"error": {"message", "type", "code"}}` elsewhere. Real Ollama serves this
+layer under its base URL too, so clients given our /ollama URL call /ollama/v1/...: every route
+here answers at both.
 """
 
 from __future__ import annotations
@@ -12,18 +15,35 @@ from urllib.parse import quote
 from flask import Blueprint, request
 
 from ..streaming import passthrough
+from ..security.request_body import read_body
 from ..security.auth import authenticate, permit_body, permit_model, require_route
-from ..errors import ApiError, openai_error, register_error_handlers
+from ..errors import ApiError, register_error_handlers, v1_error
 from ..extensions import current_gateway
 from ..security.json_body import field, parse_object
 from ..upstream import views
+from ..upstream.http import sendable_header
 from ..upstream.conversations import SESSION_HEADER, session_key
+from ..security import audio_form
 
 bp = Blueprint("openai", __name__)
-register_error_handlers(bp, render=openai_error)
+register_error_handlers(bp, render=v1_error)
 
 #: Routes that run a model: each holds one of the key's slots for generations in flight.
-GENERATION_ROUTES = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings"}
+GENERATION_ROUTES = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages",
+                     "/v1/audio/transcriptions"}
+#: Anthropic's request headers, passed to Ollama as the client sent them.
+ANTHROPIC_HEADERS = ("anthropic-version", "anthropic-beta")
+#: Where Ollama's base URL serves this layer too.
+UNDER_OLLAMA = "/ollama"
+
+
+def route(rule: str, **options):
+    """Register a view at `rule` (a /v1 path) and at /ollama`rule`, one endpoint for both."""
+    def register(view):
+        bp.add_url_rule(rule, view_func=view, **options)
+        bp.add_url_rule(UNDER_OLLAMA + rule, view_func=view, **options)
+        return view
+    return register
 
 
 @bp.before_request
@@ -42,20 +62,21 @@ def _key(path: str):
     return key
 
 
-def _relay_post(path: str):
+def _relay_post(path: str, dialect=passthrough.OPENAI, headers: tuple = ()):
     key = _key(path)
-    raw = request.get_data(cache=False)
+    raw = read_body()
     body = parse_object(raw)
     permit_body(key, body, ("model",))
     streaming = field(body, "stream") is True
     model = field(body, "model")
-    return passthrough.relay("POST", quote(path, safe="/:"), raw, passthrough.OPENAI, streaming=streaming,
+    conversation = field(body, "messages") if field(body, "messages") is not None else field(body, "input")
+    return passthrough.relay("POST", quote(path, safe="/:"), raw, dialect, streaming=streaming,
                              slot=streaming or path in GENERATION_ROUTES,
                              model=model if isinstance(model, str) and model.strip() else None,
-                             session=session_key(request.headers.get(SESSION_HEADER), field(body, "messages")))
+                             session=session_key(request.headers.get(SESSION_HEADER), conversation), headers=headers)
 
 
-@bp.post("/v1/chat/completions")
+@route("/v1/chat/completions", methods=["POST"])
 def chat_completions():
     """OpenAI chat completions (with `stream: true`, SSE chunks then `data: [DONE]`).
     ---
@@ -66,7 +87,7 @@ def chat_completions():
     return _relay_post("/v1/chat/completions")
 
 
-@bp.post("/v1/completions")
+@route("/v1/completions", methods=["POST"])
 def completions():
     """OpenAI legacy completions.
     ---
@@ -77,7 +98,7 @@ def completions():
     return _relay_post("/v1/completions")
 
 
-@bp.post("/v1/embeddings")
+@route("/v1/embeddings", methods=["POST"])
 def embeddings():
     """OpenAI embeddings.
     ---
@@ -88,7 +109,58 @@ def embeddings():
     return _relay_post("/v1/embeddings")
 
 
-@bp.get("/v1/models")
+@route("/v1/responses", methods=["POST"])
+def responses():
+    """OpenAI Responses (stateless; with `stream: true`, typed SSE events through `response.completed`).
+    ---
+    tags: [openai]
+    responses:
+      200: {description: "Ollama's Responses answer, unchanged; usage from `response.completed`."}
+    """
+    return _relay_post("/v1/responses", passthrough.RESPONSES)
+
+
+@route("/v1/messages", methods=["POST"])
+def messages():
+    """Anthropic Messages, as the anthropic SDKs and Claude Code send it (key in `x-api-key` or Bearer).
+    ---
+    tags: [anthropic]
+    description: |
+      `anthropic-version` and `anthropic-beta` pass to Ollama. With `stream: true` the events
+      (`message_start`, `content_block_delta`, `ping`, `message_delta`, `message_stop`) pass
+      unchanged; usage is read from `message_start` and `message_delta`. Errors raised by the
+      gateway are Anthropic's `{"type": "error", "error": {"type", "message"}}`.
+    responses:
+      200: {description: "Ollama's Messages answer, unchanged."}
+    """
+    headers = tuple((name, request.headers[name]) for name in ANTHROPIC_HEADERS if name in request.headers)
+    for name, value in headers:
+        if not sendable_header(name, value):
+            raise ApiError(400, "Bad Request", f"The {name} header must be printable ASCII", slug="bad-header")
+    return _relay_post("/v1/messages", passthrough.ANTHROPIC, headers)
+
+
+@route("/v1/audio/transcriptions", methods=["POST"])
+def audio_transcriptions():
+    """OpenAI audio transcriptions: multipart, the audio file at most MAX_AUDIO_BYTES (413 beyond).
+    ---
+    tags: [openai]
+    description: |
+      The form is read, its `model` checked against the key's allow-list, and sent to Ollama
+      re-encoded with the fields Ollama reads (`model`, `file`, `language`, `prompt`,
+      `response_format`, `temperature`), so Ollama parses exactly what the gateway checked.
+    responses:
+      200: {description: "Ollama's transcription (JSON, or text for `response_format=text`), unchanged."}
+    """
+    path = "/v1/audio/transcriptions"
+    key = _key(path)
+    form = audio_form.read_form(current_gateway().config.max_audio_bytes)
+    permit_model(key, form.model)
+    return passthrough.relay("POST", path, form.body, passthrough.OPENAI, streaming=False, slot=True,
+                             model=form.model, content_type=form.content_type)
+
+
+@route("/v1/models", methods=["GET"])
 def models():
     """OpenAI model list (only the key's models, if it has an allow-list).
     ---
@@ -110,7 +182,7 @@ def models():
     return passthrough.relay("GET", "/v1/models", b"", passthrough.OPENAI, streaming=False, slot=False, keep=keep)
 
 
-@bp.get("/v1/models/<path:model>")
+@route("/v1/models/<path:model>", methods=["GET"])
 def model(model):
     """One OpenAI model object.
     ---
@@ -123,9 +195,10 @@ def model(model):
                              streaming=False, slot=False, model=model)
 
 
-@bp.route("/v1/<path:route>", methods=["GET", "POST", "DELETE"])
+@route("/v1/<path:route>", methods=["GET", "POST", "DELETE"])
 def other(route):
-    """Any other /v1 route: 403 unless OPEN_UPSTREAM_ROUTES opens it, then relayed like the routes above.
+    """Any other /v1 route: 403 unless OPEN_UPSTREAM_ROUTES opens it, then relayed like the routes above
+    (`/v1/messages/...` in Anthropic's dialect).
     ---
     tags: [openai]
     responses:
@@ -134,7 +207,8 @@ def other(route):
     if "//" in route or route.startswith(".") or "/." in route:
         raise ApiError(404, "Not Found", f"no route /v1/{route}", slug="not-found")
     if request.method == "POST":
-        return _relay_post("/v1/" + route)
+        dialect = passthrough.ANTHROPIC if route.startswith("messages/") else passthrough.OPENAI
+        return _relay_post("/v1/" + route, dialect)
     _key("/v1/" + route)
     method = "GET" if request.method == "HEAD" else request.method
     return passthrough.relay(method, "/v1/" + quote(route, safe="/:"), b"", passthrough.OPENAI, streaming=False,

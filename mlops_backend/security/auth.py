@@ -104,15 +104,17 @@ def require_route(key: ApiKey, method: str, path: str, extra: tuple = ()) -> Non
         require_scope(key, "cloud")
 
 
-def require_cloud_tools(key: ApiKey, tools) -> None:
-    """Refuse with 403 web-search or web-fetch tools (run by ollama.com) without the cloud scope."""
+def require_cloud_tools(key: ApiKey, tools, where: str = "tools") -> None:
+    """Refuse with 403 web-search or web-fetch tools (run by ollama.com) without the cloud scope, at any depth
+    (a Responses `namespace` tool holds tools of its own)."""
     if key.has_scope("cloud") or not isinstance(tools, list):
         return
     for index, tool in enumerate(tools):
         if not isinstance(tool, dict):
             continue
-        unambiguous(tool, f"tools[{index}].")
+        unambiguous(tool, f"{where}[{index}].")
         kind = field(tool, "type")
         if isinstance(kind, str) and kind.strip().lower().startswith(CLOUD_TOOLS):
             raise ApiError(403, "Forbidden", f"The key {key.name!r} lacks the 'cloud' scope: the {kind.strip()!r} "
                            "tool runs on ollama.com, on the operator's account", slug="forbidden")
+        require_cloud_tools(key, field(tool, "tools"), f"{where}[{index}].tools")

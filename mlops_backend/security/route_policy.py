@@ -33,6 +33,9 @@ ROUTES = {
     ("POST", "/v1/chat/completions"): "use",
     ("POST", "/v1/completions"): "use",
     ("POST", "/v1/embeddings"): "use",
+    ("POST", "/v1/responses"): "use",
+    ("POST", "/v1/messages"): "use",
+    ("POST", "/v1/audio/transcriptions"): "use",
     ("GET", "/v1/models"): "use",
     ("GET", "/v1/models/*"): "use",
 }

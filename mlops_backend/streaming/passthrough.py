@@ -1,9 +1,10 @@
 """Relay a request to Ollama as the client wrote it, and its answer as Ollama wrote it.
 
-The Ollama-native (`/ollama/...`) and OpenAI-compatible (`/v1/...`) routes use this: bodies go
-out unchanged and come back unchanged, streamed as they arrive (NDJSON stays NDJSON, SSE stays
-SSE). The gateway only watches them pass: the final line's token counts for usage and metrics,
-and a stream that fails mid-way ends with one error line in the stream's own format.
+The Ollama-native (`/ollama/...`), OpenAI-compatible and Anthropic-compatible (`/v1/...`) routes
+use this: bodies go out unchanged (decoded, if the client compressed them) and come back
+unchanged, streamed as they arrive (NDJSON stays NDJSON, SSE stays SSE). The gateway only watches
+them pass: the token counts for usage and metrics, and a stream that fails mid-way ends with one
+error record in the stream's own format (dialects.py).
 """
 
 from __future__ import annotations
@@ -18,92 +19,68 @@ from ..observability import observe
 from ..security.auth import authenticate
 from ..upstream.client import deadline
 from .client_watch import watch_client
+from .dialects import ANTHROPIC, OLLAMA, OPENAI, RESPONSES, Dialect
 from .relay import Framing
 from .relay import relay as stream_relay
+
+__all__ = ["ANTHROPIC", "OLLAMA", "OPENAI", "RESPONSES", "relay"]
 
 log = logging.getLogger(__name__)
 
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-class Dialect:
-    """How one API frames a failed stream and reports token counts."""
-
-    #: Bytes that mark a line worth parsing for token counts.
-    marker = b""
-    #: How a line reporting a failure starts.
-    error_start = b""
-
-    def stream_error(self, message: str) -> bytes:
-        raise NotImplementedError
-
-    def counts(self, answer: dict) -> tuple[int | None, int | None]:
-        """(prompt tokens, completion tokens) of a whole answer or of a stream's last line."""
-        raise NotImplementedError
-
-    def parse_line(self, line: bytes) -> dict | None:
-        raise NotImplementedError
-
-
-class OllamaDialect(Dialect):
-    """NDJSON; Ollama itself ends a failed stream with an `{"error": "..."}` line."""
-
-    marker = b'"done":true'
-    error_start = b'{"error"'
-
-    def stream_error(self, message: str) -> bytes:
-        return json.dumps({"error": message}).encode() + b"\n"
-
-    def counts(self, answer: dict):
-        return answer.get("prompt_eval_count"), answer.get("eval_count")
-
-    def parse_line(self, line: bytes):
-        return json.loads(line)
-
-
-class OpenAIDialect(Dialect):
-    """SSE `data: {...}` chunks then `data: [DONE]`; usage in the answer or in a chunk's `usage`."""
-
-    marker = b'"usage":{'
-    error_start = b'data: {"error"'
-
-    def stream_error(self, message: str) -> bytes:
-        error = {"error": {"message": message, "type": "api_error", "param": None, "code": None}}
-        return b"data: " + json.dumps(error).encode() + b"\n\n"
-
-    def counts(self, answer: dict):
-        usage = answer.get("usage") or {}
-        return usage.get("prompt_tokens"), usage.get("completion_tokens")
-
-    def parse_line(self, line: bytes):
-        return json.loads(line[len(b"data: "):]) if line.startswith(b"data: ") else None
-
-
-OLLAMA = OllamaDialect()
-OPENAI = OpenAIDialect()
-
-
 class PassthroughFraming(Framing):
-    """The body as Ollama wrote it, passed on as it arrives; its lines only read for token counts and errors."""
+    """The body as Ollama wrote it, passed on whole record by whole record as it arrives; its lines only read
+    for token counts and errors.
 
-    def __init__(self, dialect: Dialect):
-        self.dialect = dialect
+    A record cut by a read waits for its end (or the body's), so a stream that fails mid-record ends
+    with the dialect's error record after the last whole one, never glued to half a record.
+    """
+
+    __slots__ = ("dialect", "_held", "_max")
+
+    def __init__(self, dialect: Dialect, max_held: int):
+        self.dialect, self._max = dialect, max_held
+        self._held: list[bytes] = []
 
     def chunk(self, payload, lines, observation):
         dialect = self.dialect
         for line in lines:
             if dialect.marker in line:
                 _note_counts(line, dialect, observation)
-            elif line.startswith(dialect.error_start):  # Ollama's own error line, passed on
+            elif line.startswith(dialect.error_starts):  # Ollama's own error record, passed on
                 observation.stream_failed, observation.upstream_error = True, "model_error"
-        return payload, False
+        held = self._held
+        if held:
+            held.append(payload)
+            if b"\n" not in payload:  # kept in pieces, joined once: a long line costs linear time
+                return b"", False
+            payload = b"".join(held)
+            held.clear()
+        cut = payload.rfind(dialect.boundary) + len(dialect.boundary)
+        if cut < len(dialect.boundary):  # no whole record yet
+            if len(payload) <= self._max:
+                held.append(payload)
+                return b"", False
+            cut = len(payload)
+        elif cut < len(payload):
+            held.append(payload[cut:])
+        return payload[:cut], False
+
+    def end(self, observation):
+        """The body ended: what is left of it (a last record without its terminator) goes as it is."""
+        held = b"".join(self._held)
+        self._held.clear()
+        return held
 
     def failed(self, error, inside_line):
-        return (b"\n" if inside_line else b"") + self.dialect.stream_error(error.detail)
+        return self.dialect.stream_error(error)
 
 
 def relay(method: str, path: str, body: bytes, dialect: Dialect, *, streaming: bool, slot: bool, keep=None,
-          model: str | None = None, session: str | None = None, upstream: str | None = None) -> Response:
+          model: str | None = None, session: str | None = None, upstream: str | None = None,
+          content_type: str = "application/json", headers: tuple = ()) -> Response:
     """Send the request to Ollama (the upstream the router picks for `model`) and answer with its status, type
     and body.
 
@@ -111,7 +88,8 @@ def relay(method: str, path: str, body: bytes, dialect: Dialect, *, streaming: b
     `stream`) decision, never the framing's: Go answers bodies over 2 KiB chunked, so a model
     list is as likely to come chunked as a stream is. `slot` takes one of the key's slots for
     generations in flight (generations and streams). `keep`, if given, filters a whole JSON
-    answer (a key's model allow-list on model lists).
+    answer (a key's model allow-list on model lists). `content_type` and `headers` (name, value)
+    pairs go to Ollama with the body.
     """
     gateway = current_gateway()
     config = gateway.config
@@ -119,7 +97,7 @@ def relay(method: str, path: str, body: bytes, dialect: Dialect, *, streaming: b
     if slot:
         observation.on_finish.append(gateway.limits.acquire_slot(authenticate(gateway)))
     stream = gateway.upstreams.open(method, path, body, model=model, session=session, upstream=upstream,
-                                    note=observation.served_by)
+                                    note=observation.served_by, content_type=content_type, headers=headers)
 
     def answer():
         """Wait for Ollama's head; read a whole answer (and any failure) at once, or return None for a stream."""
@@ -135,8 +113,8 @@ def relay(method: str, path: str, body: bytes, dialect: Dialect, *, streaming: b
         watch.stop()
         return _whole(stream, data, dialect, observation, keep)
     observation.stream_opened()
-    body = stream_relay(stream, True, watch, PassthroughFraming(dialect), observation, heartbeat=1.0,
-                        max_line=config.max_upstream_line_bytes)
+    body = stream_relay(stream, True, watch, PassthroughFraming(dialect, config.max_upstream_line_bytes), observation,
+                        heartbeat=1.0, max_line=config.max_upstream_line_bytes)
     return Response(stream_with_context(body), status=stream.status,
                     content_type=stream.headers.get("content-type", "application/octet-stream"), headers=HEADERS,
                     direct_passthrough=True)
