@@ -4,7 +4,8 @@
 # start on free loopback ports (tests/redis_server.py) to check that rate limits hold across
 # gunicorn workers; and Debian's postgresql, whose server binaries (initdb, postgres in
 # /usr/lib/postgresql/<version>/bin) the tests use to run throwaway clusters (tests/postgres_server.py)
-# to check usage accounting on PostgreSQL. No packaged service or cluster is started or needed.
+# to check usage accounting on PostgreSQL; and the pinned ollama-js in tests/js_clients for
+# tests/test_more_clients.py. No packaged service or cluster is started or needed.
 # Run as root; safe to run again (it only installs what is missing). Needs python3, node and npm
 # already on the machine.
 set -euo pipefail
@@ -89,6 +90,14 @@ if [[ $installed != "$wanted" ]]; then
     fi
 fi
 
+# ollama-js, pinned in tests/js_clients, for tests/test_more_clients.py (run with node against the gateway).
+js_clients_dir=tests/js_clients
+ollama_js=$(node -p "require('./$js_clients_dir/package.json').dependencies['ollama']")
+installed=$(node -p "try { require('./$js_clients_dir/node_modules/ollama/package.json').version } catch { '' }")
+if [[ $installed != "$ollama_js" ]]; then
+    npm ci --prefix "$js_clients_dir" --no-audit --no-fund
+fi
+
 echo "install-test-deps: nginx $(/usr/sbin/nginx -v 2>&1 | sed 's/.*\///'), $(/usr/bin/chromium --version 2>/dev/null)," \
      "redis-server $(/usr/bin/redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p')," \
-     "postgres $("$postgres_bin"/postgres --version | awk '{print $3}'), playwright-core $wanted"
+     "postgres $("$postgres_bin"/postgres --version | awk '{print $3}'), playwright-core $wanted, ollama-js $ollama_js"
