@@ -289,6 +289,24 @@ class Ptr:
         self.struct = struct
 
 
+class Custom:
+    """A type with its own UnmarshalJSON: `decode(binder, value)` gets the decoded JSON value and returns what the
+    field holds. It may call binder.type_error() (a saved error, decoding goes on), raise Abort(message) (an
+    error of its own, which stops decoding) or binder.abort_under(saved) (a json type error from a nested
+    json.Unmarshal, which Go's decoder re-labels with the outer struct and field path)."""
+
+    def __init__(self, decode):
+        self.decode = decode
+
+
+class GoError(Exception):
+    """json.Unmarshal failed; .message is Go's text, .saved the type error tuple when it was one."""
+
+    def __init__(self, message: str, saved=None):
+        super().__init__(message)
+        self.message, self.saved = message, saved
+
+
 class Slice:
     """A slice of structs; `go_type` is the slice's Go type name for errors."""
 
@@ -321,6 +339,12 @@ class _Binder:
         if self.saved is None:
             struct = self.structs[-1].name if self.structs else None
             self.saved = (value_kind, struct, list(self.path), go_type)
+
+    def abort_under(self, saved):
+        """Stop with a nested json.Unmarshal's type error, re-labelled as decodeState.addErrorContext does."""
+        kind, _struct, path, go_type = saved
+        outer = self.structs[-1].name if self.structs else None
+        raise _Abort((kind, outer, self.path + list(path), go_type))
 
     # -- structs ----------------------------------------------------------------------------------------
 
@@ -371,6 +395,8 @@ class _Binder:
     # -- fields -----------------------------------------------------------------------------------------
 
     def field(self, kind, value, old):
+        if isinstance(kind, Custom):
+            return kind.decode(self, value)
         if isinstance(kind, Struct):
             return self.struct(kind, value, old)
         if isinstance(kind, Ptr):
@@ -504,6 +530,7 @@ class _Binder:
 
 
 _ABSENT = object()
+Abort = _Abort
 
 
 def _format(error) -> str:
@@ -530,6 +557,36 @@ def bind(raw: bytes, struct: Struct) -> dict:
     if binder.saved is not None:
         raise BodyError(_format(binder.saved))
     return out
+
+
+def unmarshal(kind, value):
+    """json.Unmarshal of an already decoded JSON value (from decode(): objects as Pairs) into `kind` (a Struct, a
+    Slice or a field kind); raises GoError with Go's message: an abort, else the first type error."""
+    binder = _Binder()
+    try:
+        if isinstance(kind, Struct) and not kind.custom:
+            if value is None:
+                return {}
+            if not isinstance(value, Pairs):
+                saved = (kind_of(value), None, [], kind.go_name)
+                raise GoError(_format(saved), saved)
+            out = binder.struct(kind, value, _ABSENT)
+        else:
+            out = binder.field(kind, value, _ABSENT)
+    except _Abort as stop:
+        raise GoError(_format(stop.error), stop.error if isinstance(stop.error, tuple) else None) from None
+    if binder.saved is not None:
+        raise GoError(_format(binder.saved), binder.saved if isinstance(binder.saved, tuple) else None)
+    return None if out is _ABSENT else out
+
+
+def bind_with(raw: bytes, struct: Struct, empty: str = "EOF") -> dict:
+    """bind() as a /v1 middleware's ShouldBindJSON answers: an empty body is io.EOF's "EOF", not Ollama's
+    "missing request body" (which only the native handlers say)."""
+    try:
+        return bind(raw, struct)
+    except MissingBody:
+        raise BodyError(empty) from None
 
 
 # -- the request types Ollama binds (api/types.go, openai/openai.go) ------------------------------------------

@@ -199,8 +199,12 @@ class NativeRoutes:
     def api_chat(self):
         self._generation(chat=True)
 
-    def check_generation(self, req: dict, chat: bool):
-        """Every refusal GenerateHandler/ChatHandler makes before scheduling; returns (model, unload)."""
+    def check_generation(self, req: dict, chat: bool, relax_thinking: bool = False):
+        """Every refusal GenerateHandler/ChatHandler makes before scheduling; returns (model, unload).
+
+        `relax_thinking`: the Anthropic middleware's "relax_thinking" flag: thinking asked of a model that
+        cannot think is dropped (req["think"] becomes None) instead of refused.
+        """
         top = req.get("top_logprobs", 0)
         if not 0 <= top <= 20:
             raise ApiError(400, "top_logprobs must be between 0 and 20")
@@ -219,7 +223,9 @@ class NativeRoutes:
         caps = model["capabilities"]
         think = req.get("think")
         if "thinking" not in caps and (think is True or isinstance(think, str)):
-            raise ApiError(400, f"{go_quote(name)} does not support thinking")
+            if not relax_thinking:
+                raise ApiError(400, f"{go_quote(name)} does not support thinking")
+            req["think"] = None
         wanted = ["completion"] + (["tools"] if chat and req.get("tools") else []) + \
             (["insert"] if not chat and req.get("suffix") else [])
         missing = [cap for cap in wanted if cap not in caps]

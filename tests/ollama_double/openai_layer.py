@@ -17,7 +17,8 @@ import time
 from . import gojson as go
 from .gojson import go_quote
 from .native import PLAIN_JSON, Padded, filler, plan
-from .transport import JSON_TYPE, ApiError, sse
+from .encoding import DecodeError, decompress
+from .transport import JSON_TYPE, ApiError, _lenient, sse
 from .wire import (
     dumps,
     embed_vector,
@@ -179,6 +180,12 @@ class OpenAIRoutes:
 
     _v1_writer = False  # True once the request has passed the /v1 middleware and reached the native handler
 
+    def compat_error(self, status: int, message: str, ctype: str = JSON_TYPE):
+        """An error on a /v1 route, in the shape of the API that route speaks."""
+        if self.route == "/v1/messages":
+            return self.anthropic_error(status, message, ctype)
+        return self.openai_error(status, message, ctype)
+
     def openai_error(self, status: int, message: str, ctype: str = JSON_TYPE):
         kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
         body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
@@ -186,20 +193,40 @@ class OpenAIRoutes:
             return self.send_json(body, status, PLAIN_JSON, newline=True)
         self.send_json(body, status, ctype)
 
-    def _cloud_passthrough(self):
-        """cloudPassthroughMiddleware: an exact "model" key naming a cloud model is proxied to ollama.com."""
+    def _cloud_passthrough(self, web_search=None) -> bool:
+        """cloudPassthroughMiddleware: a zstd body is decoded first (see encoding.py); then an exact "model" key
+        naming a cloud model is proxied to ollama.com, which refuses a server that is not signed in. With
+        `web_search` (a predicate on the body: does it declare the built-in web search tool?) such a request
+        goes on to the route's own middleware instead; returns True then (the model is a cloud one)."""
+        if self.headers.get("Content-Encoding") == "zstd":  # c.GetHeader: the first value, compared exactly
+            try:
+                self.raw = decompress(self.raw)
+            except DecodeError as err:
+                raise ApiError(400, err.message, extra={"native": True}) from None
+            if self.record is not None:
+                self.record["body"] = _lenient(self.raw)
         try:
             body = json.loads(self.raw)
         except ValueError:
-            return
+            return False
         model = body.get("model") if isinstance(body, dict) else None
         if isinstance(model, str) and model.strip():
             try:
                 _parts, source = parse_ref(model)
             except Exception:  # noqa: BLE001 - an unparseable name is left to the handler
-                return
+                return False
             if source == "cloud":
+                if web_search is not None and web_search(body):
+                    return True
                 self.cloud_unauthorized()
+        return False
+
+    def bind_mw(self, struct):
+        """The body bound by a /v1 middleware's c.ShouldBindJSON (an empty body is "EOF" there)."""
+        try:
+            return go.bind_with(self.raw, struct)
+        except go.BodyError as err:
+            raise ApiError(400, err.message) from None
 
     def v1_models(self):
         # Go marshals a nil slice (no models) as null.
@@ -233,7 +260,7 @@ class OpenAIRoutes:
     def _native_request(self, chat: bool) -> tuple:
         """The /v1 middleware: bind the OpenAI request and turn it into the native one (errors: mw flavour)."""
         self._cloud_passthrough()
-        req = self.bind(go.V1_CHAT if chat else go.V1_COMPLETION)
+        req = self.bind_mw(go.V1_CHAT if chat else go.V1_COMPLETION)
         if chat:
             if not req.get("messages"):
                 raise ApiError(400, "[] is too short - 'messages'")
@@ -369,7 +396,7 @@ class OpenAIRoutes:
 
     def v1_embeddings(self):
         self._cloud_passthrough()
-        req = self.bind(go.V1_EMBED)
+        req = self.bind_mw(go.V1_EMBED)
         fmt = req.get("encoding_format", "")
         if fmt and fmt.lower() not in ("float", "base64"):
             raise ApiError(400, f"Invalid value for 'encoding_format' = {fmt}. Supported values: ['float', 'base64'].")

@@ -13,9 +13,12 @@ import threading
 import time
 from http.server import ThreadingHTTPServer
 
+from .anthropic_layer import AnthropicRoutes
+from .audio_layer import TranscriptionRoutes
 from .gojson import FOREVER
 from .native import NativeRoutes
 from .openai_layer import OpenAIRoutes
+from .responses_layer import ResponsesRoutes
 from .transport import ApiError, Transport, raw_shutdown
 from .wire import DEFAULT_MODELS, dumps, make_model, name_key, parse_name, ps_entry
 
@@ -26,8 +29,15 @@ FRAMINGS = ("odd", "go")
 KEEP_ALIVE = 300 * 1_000_000_000  # OLLAMA_KEEP_ALIVE's default, 5m, in nanoseconds
 
 
-class Handler(NativeRoutes, OpenAIRoutes, Transport):
-    """The request handler: Ollama's routes (as registered in server/routes.go) plus the control endpoints."""
+class Handler(NativeRoutes, OpenAIRoutes, ResponsesRoutes, AnthropicRoutes, TranscriptionRoutes, Transport):
+    """The request handler: Ollama's routes (as registered in server/routes.go) plus the control endpoints.
+
+    Besides /api/* (native.py) and the OpenAI-compatible /v1 routes (openai_layer.py), it serves the routes Ollama
+    added for other APIs: POST /v1/responses (responses_layer.py), POST /v1/messages, Anthropic's Messages API
+    (anthropic_layer.py: Anthropic's error shape, `event:`/`data:` SSE records flushed one by one), and
+    POST /v1/audio/transcriptions (audio_layer.py: multipart/form-data in, `{"text": ...}` or plain text out, all
+    at the end). Each module's docstring lists the facts it re-implements.
+    """
 
     routes = {
         "/": {"HEAD": "api_root", "GET": "api_root"},
@@ -48,6 +58,9 @@ class Handler(NativeRoutes, OpenAIRoutes, Transport):
         "/v1/chat/completions": {"POST": "v1_chat"}, "/v1/completions": {"POST": "v1_completions"},
         "/v1/embeddings": {"POST": "v1_embeddings"}, "/v1/models": {"GET": "v1_models"},
         "/v1/models/:model": {"GET": "v1_model"},
+        "/v1/responses": {"POST": "v1_responses"},
+        "/v1/audio/transcriptions": {"POST": "v1_transcriptions"},
+        "/v1/messages": {"POST": "v1_messages"},
     }
     control_routes = {
         "/_double/script": {"POST": "ctl_script"}, "/_double/reset": {"POST": "ctl_reset"},
@@ -269,16 +282,21 @@ class OllamaDouble:
                              line 0 is a real 500 (nothing was written yet), as current Ollama answers.
                              Which routes each fault affects:
                                status_500, busy, bad_request: the generation routes /api/generate, /api/chat,
-                                 /v1/chat/completions and /v1/completions, streamed or not, load-only requests
+                                 /v1/chat/completions and /v1/completions (and the chat behind /v1/responses,
+                                 /v1/messages and /v1/audio/transcriptions), streamed or not, load-only requests
                                  too (not keep_alive 0 unloads), answered after first_delay with 500 / 503 / 400
                                  (the model is then not loaded): {"error": ...} on /api,
                                  OpenAI's {"error": {"message", "type": "api_error" (400: invalid_request_error),
                                  ...}} with Content-Type application/json and a newline on /v1 (the scheduler's
-                                 refusal coming through the /v1 writer, as Ollama sends it). busy is Ollama's
-                                 ErrMaxQueue.
+                                 refusal coming through the /v1 writer, as Ollama sends it); on /v1/messages
+                                 Anthropic's {"type": "error", "error": {"type": "api_error" (503:
+                                 overloaded_error, 400: invalid_request_error), "message"}, "request_id"}.
+                                 busy is Ollama's ErrMaxQueue.
                                hang: those generation routes wait (silently) until reset() or stop().
                                drop, malformed, error_line: those generation routes but for load-only requests
-                                 (streamed: at line `fault_after`; stream:false: the whole body), and the
+                                 (streamed: at line `fault_after`; stream:false: the whole body; /v1/messages
+                                 streams: an error line yields no event, the stream just ends; transcriptions:
+                                 after the headers went out, an error line leaves the body empty), and the
                                  progress streams of /api/pull, /api/push and /api/create (a pull that faulted
                                  installs nothing).
                                slow_version: /api/version and /api/tags wait first_delay (generation then
@@ -438,10 +456,11 @@ class OllamaDouble:
         with self._lock:
             return dict(self._script)
 
-    def _record_request(self, method, path, headers, body):
+    def _record_request(self, method, path, headers, body) -> dict:
+        record = {"method": method, "path": path, "headers": headers, "body": body, "time": time.monotonic()}
         with self._lock:
-            self.requests.append({"method": method, "path": path, "headers": headers, "body": body,
-                                  "time": time.monotonic()})
+            self.requests.append(record)
+        return record
 
     def _open_stream(self, path, model) -> dict:
         rec = {"path": path, "model": model, "lines_sent": 0, "chunks_sent": 0, "started": time.monotonic(),

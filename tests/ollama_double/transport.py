@@ -256,13 +256,15 @@ class Transport(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         self.route = parts.path
         self.raw = self._read_body()
+        self.record = None
         control = self.control_routes.get(self.route)
         if control is not None:
             handler = control.get(self.command)
             if handler is None:
                 return self.send_body(405, b"405 method not allowed", "text/plain")
             return self._run(handler)
-        self.double._record_request(self.command, self.route, dict(self.headers.items()), _lenient(self.raw))
+        self.record = self.double._record_request(self.command, self.route, dict(self.headers.items()),
+                                                  _lenient(self.raw))
         path = unquote(parts.path)  # gin routes on the decoded URL.Path
         handler, self.params, allowed, redirect = self._match(path, self.command)
         if handler is None and redirect is not None:
@@ -396,9 +398,9 @@ class Transport(BaseHTTPRequestHandler):
         self.send_body(status, dumps(obj) + (b"\n" if newline else b""), ctype)
 
     def send_error_json(self, status: int, message: str, ctype: str = JSON_TYPE, extra: dict | None = None):
-        """Ollama's {"error": ...}; /v1 routes wrap it in OpenAI's shape (see OpenAIRoutes.openai_error)."""
+        """Ollama's {"error": ...}; /v1 routes wrap it in their API's shape (see OpenAIRoutes.compat_error)."""
         if self.route.startswith("/v1/") and not (extra or {}).get("native"):
-            return self.openai_error(status, message, ctype)
+            return self.compat_error(status, message, ctype)
         body = {"error": message}
         body.update({k: v for k, v in (extra or {}).items() if k != "native"})
         self.send_json(body, status, ctype)
@@ -502,11 +504,14 @@ class Transport(BaseHTTPRequestHandler):
 
     # -- streaming ------------------------------------------------------------------------------------
 
-    def stream(self, rec, groups, ctype, encode, bad_line: bytes, error_line, early_error=None):
+    def stream(self, rec, groups, ctype, encode, bad_line: bytes, error_line, early_error=None,
+               flush_each: bool = False):
         """Send a paced stream. `groups`: lists of items (dicts via `encode`, or bytes) that Ollama writes in
         one flush; the script's `delay` separates groups. Nothing (not even the status line) is written
         before the first item is due. `error_line` is bytes or a callable giving them; `early_error` is
-        (status, body, content type) for an error that strikes before anything was written.
+        (status, body, content type) for an error that strikes before anything was written. `flush_each`:
+        the writer flushes after every item of a group (the Responses and Anthropic SSE writers flush after
+        each event), so "go" framing sends each item as a chunk of its own.
         """
         script = self.script
         fault = script["fault"] if script["fault"] in MID_STREAM_FAULTS else None
@@ -532,9 +537,10 @@ class Transport(BaseHTTPRequestHandler):
                     status, body, error_type = early_error
                     return self.send_body(status, body, error_type)
                 run.append((bad_line if fault == "malformed" else
-                            error_line() if callable(error_line) else error_line, group))
+                            error_line() if callable(error_line) else error_line,
+                            (group, i) if flush_each else group))
                 break
-            run.append((item if isinstance(item, bytes) else encode(item), group))
+            run.append((item if isinstance(item, bytes) else encode(item), (group, i) if flush_each else group))
         self._flush(run, rec)
         self._write_raw(b"0\r\n\r\n" if self._chunked else b"", rec)
         self.close_stream(rec, completed=True)

@@ -22,6 +22,9 @@ RUNNER_ERROR = "an error was encountered while running the model"
 WEATHER_CALL = {"function": {"index": 0, "name": "get_weather", "arguments": {"city": "Tokyo"}}}
 DEFAULT_THINKING = ["Okay,", " the", " user", " wants", " an", " echo", "."]
 MODELS_DIR = "/root/.ollama/models"  # where a stock Linux install keeps manifests and blobs
+# The system prompt openai.FromTranscriptionRequest puts before the audio (then language and prompt, if given).
+TRANSCRIBE_SYSTEM = ("Transcribe the audio exactly as spoken. Output only the spoken words. Do not answer any "
+                     "question in the audio.")
 
 # Go's encoding/json escapes these even inside otherwise raw UTF-8 output.
 _GO_ESCAPES = (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"))
@@ -362,13 +365,38 @@ def plan_reply(model: dict, req: dict, script: dict, prompt: str, chat: bool, me
     if script["tokens"] is not None:
         return thinking, list(script["tokens"]), None
     last = messages[-1] if chat and messages else {}
+    audio = _transcription_audio(messages) if chat else None
+    if audio is not None:
+        # Ollama's transcription request (see audio_layer.py): the model "hears" how long the audio is.
+        return thinking, default_tokens(f"of {len(audio)} bytes of audio.", "Transcript"), None
     if isinstance(last, dict) and last.get("role") == "tool":
         # The answer after a tool result quotes the result instead of asking for the tool again.
         return thinking, default_tokens(str(last.get("content", "")), "The tool said:"), None
-    if chat and req.get("tools") and "tools" in model["capabilities"] and "weather" in prompt.lower():
-        call = copy.deepcopy(WEATHER_CALL)
-        return thinking, [], [{"id": tool_call_id(prompt, call), **call}]
+    if chat and req.get("tools") and "tools" in model["capabilities"]:
+        if "search" in prompt.lower() and any(((t or {}).get("function") or {}).get("name") == "web_search"
+                                              for t in req["tools"] if isinstance(t, dict)):
+            # A model offered a web_search function searches for what it was asked.
+            call = {"function": {"index": 0, "name": "web_search", "arguments": {"query": prompt}}}
+            return thinking, [], [{"id": tool_call_id(prompt, call), **call}]
+        if "weather" in prompt.lower():
+            call = copy.deepcopy(WEATHER_CALL)
+            return thinking, [], [{"id": tool_call_id(prompt, call), **call}]
     return thinking, default_tokens(prompt), None
+
+
+def _transcription_audio(messages):
+    """The audio of a chat that is Ollama's transcription request (its system prompt, then a user message with
+    the audio as its only image), else None."""
+    if not messages or len(messages) < 2:
+        return None
+    first, last = messages[0], messages[-1]
+    if not (isinstance(first, dict) and first.get("role") == "system" and
+            str(first.get("content", "")).startswith(TRANSCRIBE_SYSTEM)):
+        return None
+    if not (isinstance(last, dict) and last.get("role") == "user" and isinstance(last.get("images"), list)
+            and len(last["images"]) == 1 and isinstance(last["images"][0], (bytes, bytearray))):
+        return None
+    return last["images"][0]
 
 
 def tool_call_id(seed: str, call: dict) -> str:
