@@ -568,11 +568,11 @@ def test_ollama_error_line_from_ollama_passes_through(gw, double):
 
 def test_malformed_line_from_ollama_is_relayed_as_is(gw, double):
     """A line Ollama garbled is passed on unchanged (the relay does not re-parse), so the client's JSON decoder
-    fails on it; the stream still ends cleanly."""
+    fails on it; since no final line came, the gateway's error line ends the stream after it."""
     double.script(tokens=TOKENS, fault="malformed", fault_after=2)
     with native_client(gw, Keys.use) as client:
         parts = []
-        with pytest.raises(json.JSONDecodeError):  # not ollama.ResponseError: no {"error"} line was added
+        with pytest.raises(json.JSONDecodeError):  # the garbled line comes first, as Ollama sent it
             for part in client.chat(model="llama3.2", messages=HI, stream=True):
                 parts.append(part.message.content)
     assert parts == TOKENS[:2]
@@ -580,8 +580,9 @@ def test_malformed_line_from_ollama_is_relayed_as_is(gw, double):
     with http("POST", gw.url + "/ollama/api/chat", Keys.use, json={"model": "llama3.2", "messages": HI},
               stream=True) as response:
         lines = ndjson_lines(response)
-    assert lines[-1] == b'{"response": tru'
-    assert [json.loads(line)["message"]["content"] for line in lines[:-1]] == TOKENS[:2]
+    assert lines[-2] == b'{"response": tru'
+    assert json.loads(lines[-1]) == {"error": "Ollama ended the stream before its final event"}
+    assert [json.loads(line)["message"]["content"] for line in lines[:-2]] == TOKENS[:2]
 
 
 def test_rate_limit_429_in_each_api_shape(start_gateway, double):

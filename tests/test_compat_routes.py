@@ -294,3 +294,25 @@ def test_streamed_usage_reaches_the_log_line(gw, double, path, body, prompt, com
     line = wait_for_access_line(gw, response.headers["X-Request-ID"])
     assert f"POST {path} 200 " in line and "key=default" in line, line
     assert f"tokens_in={usage[prompt]} tokens_out={usage[completion]}" in line, line
+
+
+@pytest.mark.parametrize("path,body", STREAMED[:2])
+def test_a_stream_ollama_cuts_short_ends_with_one_error_event(gw, double, path, body):
+    """Ollama's Responses and Anthropic writers stop without a word when a generation fails mid-way (no
+    response.completed, no message_stop); the gateway ends such a stream with the API's error event, so a
+    client never takes half an answer for a whole one."""
+    double.script(tokens=["a ", "b ", "c ", "d "], fault="error_line", fault_after=2)
+    response = call(gw, "POST", path, json=body)
+    assert response.status_code == 200
+    records = [record for record in response.text.split("\n\n") if record]
+    events = [record.split("\n", 1)[0] for record in records]
+    assert events[-1] == "event: error" and events.count("event: error") == 1, events
+    assert not {"event: message_stop", "event: response.completed"} & set(events)
+    error = json.loads(records[-1].split("data: ", 1)[1])
+    if path == "/v1/messages":
+        assert error == {"type": "error", "error": {"type": "api_error", "message":
+                                                    "Ollama ended the stream before its final event"}}
+    else:
+        assert error["type"] == "error" and error["code"] == "bad_response"
+    line = wait_for_access_line(gw, response.headers["X-Request-ID"])
+    assert "upstream_error=bad_response" in line, line

@@ -140,19 +140,51 @@ def test_ollamas_own_error_records_pass_and_mark_the_stream_failed(name, line):
 def test_a_long_record_is_held_in_pieces_and_joined_once():
     """A 4 MiB record arriving 4 KiB at a time goes out once, whole, when it ends."""
     record = b'data: {"x":"' + b"a" * (4 << 20) + b'"}\n\n'
-    pieces = cut(record, 4096)
+    pieces = cut(record, 4096) + [b"data: [DONE]\n\n"]
     sent, framing, _ = feed(OPENAI, pieces, max_held=8 << 20)
-    assert [len(s) for s in sent if s] == [len(record)]
+    assert [len(s) for s in sent if s] == [len(record), 14]
     assert framing.end(Observation()) == b""
 
 
 def test_a_record_that_never_ends_is_sent_once_it_passes_the_limit():
-    sent, framing, observation = feed(ANTHROPIC, [b"event: x\n", b"data: " + b"a" * 200 + b"\n"], max_held=100)
-    assert b"".join(sent) + framing.end(observation) == b"event: x\ndata: " + b"a" * 200 + b"\n"
-    assert b"".join(sent)  # not held for ever
+    stop = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+    sent, framing, observation = feed(ANTHROPIC, [b"event: x\n", b"data: " + b"a" * 200 + b"\n", stop], max_held=100)
+    assert b"".join(sent) + framing.end(observation) == b"event: x\ndata: " + b"a" * 200 + b"\n" + stop
+    assert sent[1]  # not held for ever
 
 
 def test_a_body_without_a_last_newline_is_sent_at_its_end():
-    sent, framing, observation = feed(OLLAMA, [b'{"a":1}\n{"b":', b"2}"])
+    sent, framing, observation = feed(OLLAMA, [b'{"a":1}\n{"done":', b"true}"])
     assert b"".join(sent) == b'{"a":1}\n'
-    assert framing.end(observation) == b'{"b":2}'
+    assert framing.end(observation) == b'{"done":true}'
+    assert not observation.stream_failed
+
+
+FINAL = {"ollama": b'{"model":"m","done":true,"eval_count":1}\n', "pull": b'{"status":"success"}\n',
+         "openai": b"data: [DONE]\n\n",
+         "responses": sse("response.completed", {"type": "response.completed", "response": {"usage": {}}}),
+         "incomplete": sse("response.incomplete", {"type": "response.incomplete", "response": {}}),
+         "anthropic": sse("message_stop", {"type": "message_stop"})}
+DIALECT_OF = {"ollama": OLLAMA, "pull": OLLAMA, "openai": OPENAI, "responses": RESPONSES, "incomplete": RESPONSES,
+              "anthropic": ANTHROPIC}
+
+
+@pytest.mark.parametrize("name", FINAL)
+def test_a_stream_that_ends_with_its_final_record_gets_nothing_more(name):
+    sent, framing, observation = feed(DIALECT_OF[name], [FINAL[name][:5], FINAL[name][5:]])
+    assert b"".join(sent) == FINAL[name] and framing.end(observation) == b""
+    assert not observation.stream_failed
+
+
+@pytest.mark.parametrize("name", FINAL)
+def test_a_stream_cut_before_its_final_record_ends_with_one_error_record(name):
+    """Ollama's Anthropic and Responses writers just stop when a generation fails mid-way; the client must
+    still learn that the stream failed, not take the half answer for a whole one."""
+    dialect = DIALECT_OF[name]
+    first = b'{"response":"a"}\n' if dialect is OLLAMA else sse("x", {"type": "x"})
+    sent, framing, observation = feed(dialect, [first, first[:7]])
+    last = framing.end(observation)
+    assert b"".join(sent) == first
+    assert last.startswith(first[:7] + dialect.boundary)  # the cut record, ended, then the error record
+    assert last.endswith(dialect.stream_error(OllamaBadResponse("Ollama ended the stream before its final event")))
+    assert observation.stream_failed and observation.upstream_error == "bad_response"

@@ -28,6 +28,13 @@ class Dialect:
     marker = b'"usage":{'
     #: How lines reporting a failure start.
     error_starts: tuple = ()
+    #: How the line that ends a complete stream starts: a stream whose body ends before one is cut short
+    #: (Ollama's Anthropic and Responses writers just stop when a generation fails mid-way).
+    final_starts: tuple = ()
+
+    def is_final(self, line: bytes) -> bool:
+        """Whether `line` ends a complete stream (its own error records included)."""
+        return line.startswith(self.final_starts) or line.startswith(self.error_starts)
 
     def stream_error(self, error: OllamaError) -> bytes:
         """The one record that ends a failed stream."""
@@ -46,6 +53,10 @@ class OllamaDialect(Dialect):
     marker = b'"done":true'
     error_starts = (b'{"error"',)
 
+    def is_final(self, line):
+        # A generation's last line has "done": true; pull, push and create end with "status": "success".
+        return self.marker in line or b'"status":"success"' in line or line.startswith(self.error_starts)
+
     def stream_error(self, error):
         return json.dumps({"error": error.detail}).encode() + b"\n"
 
@@ -59,6 +70,7 @@ class OllamaDialect(Dialect):
 class OpenAIDialect(Dialect):
     boundary = b"\n\n"
     error_starts = (b'data: {"error"',)
+    final_starts = (b"data: [DONE]",)
 
     def stream_error(self, error):
         body = {"error": {"message": error.detail, "type": "api_error", "param": None, "code": error.kind}}
@@ -75,6 +87,7 @@ def _sse(name: str, data: dict) -> bytes:
 
 class ResponsesDialect(OpenAIDialect):
     error_starts = (b"event: error", b"event: response.failed")
+    final_starts = (b"event: response.completed", b"event: response.incomplete")
 
     def stream_error(self, error):
         return _sse("error", {"type": "error", "code": error.kind, "message": error.detail, "param": None})
@@ -87,6 +100,7 @@ class ResponsesDialect(OpenAIDialect):
 class AnthropicDialect(Dialect):
     boundary = b"\n\n"
     error_starts = (b"event: error",)
+    final_starts = (b"event: message_stop",)
 
     def stream_error(self, error):
         return _sse("error", anthropic_error_body(503 if error.kind == "busy" else 500, error.detail))

@@ -17,7 +17,7 @@ from flask import Response, request, stream_with_context
 from ..extensions import current_gateway
 from ..observability import observe
 from ..security.auth import authenticate
-from ..upstream.client import deadline
+from ..upstream.client import OllamaBadResponse, deadline
 from .client_watch import watch_client
 from .dialects import ANTHROPIC, OLLAMA, OPENAI, RESPONSES, Dialect
 from .relay import Framing
@@ -38,11 +38,12 @@ class PassthroughFraming(Framing):
     with the dialect's error record after the last whole one, never glued to half a record.
     """
 
-    __slots__ = ("dialect", "_held", "_max")
+    __slots__ = ("dialect", "_held", "_max", "_finished")
 
     def __init__(self, dialect: Dialect, max_held: int):
         self.dialect, self._max = dialect, max_held
         self._held: list[bytes] = []
+        self._finished = False
 
     def chunk(self, payload, lines, observation):
         dialect = self.dialect
@@ -51,6 +52,8 @@ class PassthroughFraming(Framing):
                 _note_counts(line, dialect, observation)
             elif line.startswith(dialect.error_starts):  # Ollama's own error record, passed on
                 observation.stream_failed, observation.upstream_error = True, "model_error"
+        if lines and not self._finished:
+            self._finished = any(dialect.is_final(line) for line in lines)
         held = self._held
         if held:
             held.append(payload)
@@ -69,10 +72,18 @@ class PassthroughFraming(Framing):
         return payload[:cut], False
 
     def end(self, observation):
-        """The body ended: what is left of it (a last record without its terminator) goes as it is."""
+        """The body ended: what is left of it (a last record without its terminator) goes as it is; a body
+        that ended before the stream's final record gets the dialect's error record after it."""
         held = b"".join(self._held)
         self._held.clear()
-        return held
+        if self._finished or (held and self.dialect.is_final(held.rpartition(b"\n")[2])):  # a last line, unended
+            return held
+        error = OllamaBadResponse("Ollama ended the stream before its final event")
+        observation.stream_failed, observation.upstream_error = True, error.kind
+        log.warning("Stream ended with an error: %s", error.detail)
+        if held and not held.endswith(self.dialect.boundary):
+            held += self.dialect.boundary
+        return held + self.dialect.stream_error(error)
 
     def failed(self, error, inside_line):
         return self.dialect.stream_error(error)
