@@ -32,7 +32,7 @@ class FakeClient:
     def __init__(self, *answers):
         self.answers, self.opened = list(answers), 0
 
-    def open(self, method, path, body, model):
+    def open(self, method, path, body, model, content_type="application/json", headers=()):
         self.opened += 1
         answer = self.answers.pop(0) if self.answers else 200
         if isinstance(answer, OllamaUnreachable):
