@@ -21,7 +21,8 @@ import requests
 import sqlalchemy as sa
 
 from mlops_backend.upstream.model_names import canonical
-from mlops_backend.observability.usage import UsageStore, metadata
+from mlops_backend.observability.usage import UsageStore
+from mlops_backend.storage import database
 from tests.support import AUTH, sse_events
 
 KEYED = {**AUTH, "Connection": "close"}  # a new connection per request: they spread over the workers
@@ -174,32 +175,35 @@ def test_two_stores_flushing_the_same_rows_in_opposite_orders_do_not_deadlock(po
         second.close()
 
 
-def test_two_stores_creating_the_table_at_once_both_work(postgres_url):
-    """Two workers' first flushes both find no table and both create it: on PostgreSQL the second gets
-    IntegrityError (pg_type_typname_nsp_index) or ProgrammingError (DuplicateTable), not SQLite's
-    OperationalError; it must still write its counts (a fresh 2-worker gateway met this as a 500 from
-    GET /api/usage about one run in ten)."""
+def test_two_stores_migrating_at_once_both_work(postgres_url, monkeypatch):
+    """Two workers' first flushes both find the database unmigrated and both migrate (a fresh 2-worker
+    gateway met this as a 500 from GET /api/usage about one run in ten, when each created the table
+    itself). The advisory lock runs the migrations once; the second store then finds them done, and
+    both write their counts."""
     stores = [UsageStore(postgres_url, 3600) for _ in range(2)]
-    both_checked = threading.Barrier(2, timeout=1.5)
-    met = []  # the stores that found no table while the other had found none either
+    both_checked = threading.Barrier(2, timeout=5)
+    met = []  # the stores that found the database unmigrated while the other had too
+    unmigrated = database.current
 
-    def before_create(target, connection, tables=(), **kw):
-        if tables:  # both found no table: both create it (as two workers' first flushes can)
+    def current(engine):
+        revision = unmigrated(engine)
+        if revision is None:
             try:
                 both_checked.wait()
                 met.append(True)
             except threading.BrokenBarrierError:
                 pass
+        return revision
 
-    sa.event.listen(metadata, "before_create", before_create)
+    monkeypatch.setattr(database, "current", current)
     try:
         for store in stores:
             store.add("alice", "a", 1, 1)
         assert run_threads(UsageStore.flush, [(store,) for store in stores]) == []
-        assert len(met) == 2, "the two stores did not both find the table missing: the race was not run"
+        assert len(met) == 2, "the two stores did not both find the schema missing: the race was not run"
         assert rows(postgres_url) == {("alice", "a"): (2, 2, 2, 0)}
+        assert unmigrated(stores[0].engine) == database.head()
     finally:
-        sa.event.remove(metadata, "before_create", before_create)
         for store in stores:
             store.close()
 

@@ -9,42 +9,22 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 import threading
 from collections import defaultdict
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
-from sqlalchemy.pool import StaticPool
+
+from ..storage import database
+from ..storage.tables import MODEL_CHARS
+from ..storage.tables import USAGE_FIELDS as FIELDS
+from ..storage.tables import usage as usage_table
 
 log = logging.getLogger(__name__)
 
-FIELDS = ("requests", "prompt_tokens", "completion_tokens", "errors")
-MODEL_CHARS = 255  # the pass-through routes take any model name; a longer one is cut to fit its column
-metadata = sa.MetaData()
-usage_table = sa.Table(
-    "usage", metadata,
-    sa.Column("key_name", sa.String(64), primary_key=True),
-    sa.Column("model", sa.String(MODEL_CHARS), primary_key=True),
-    *(sa.Column(field, sa.BigInteger, nullable=False, default=0) for field in FIELDS),
-)
-
-
-def create_engine(url: str) -> sa.Engine:
-    """An engine for `url`; SQLite gets a busy timeout (workers share the file) and its directory."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() not in _UPSERTS:
-        raise ValueError(f"DATABASE_URL: {parsed.get_backend_name()} is not supported (use sqlite or postgresql)")
-    if parsed.get_backend_name() != "sqlite":
-        return sa.create_engine(url, pool_pre_ping=True)
-    if not parsed.database or parsed.database == ":memory:":
-        # One shared connection, or each thread would see its own empty database.
-        return sa.create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
-    os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
-    return sa.create_engine(url, connect_args={"timeout": 30})
+__all__ = ["FIELDS", "MODEL_CHARS", "UsageStore", "create_engine"]
+create_engine = database.create_engine
 
 
 class UsageStore:
@@ -100,10 +80,7 @@ class UsageStore:
     def engine(self) -> sa.Engine:
         if self._engine is None:
             engine = create_engine(self.url)
-            try:
-                metadata.create_all(engine)
-            except (OperationalError, IntegrityError, ProgrammingError):
-                metadata.create_all(engine)  # another worker created the table at the same moment
+            database.upgrade(engine)  # the schema, by the migrations (once, under their lock)
             self._engine = engine
         return self._engine
 

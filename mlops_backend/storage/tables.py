@@ -1,0 +1,94 @@
+"""Every table the gateway keeps, in one SQLAlchemy MetaData: what the migrations build, and what the
+code reads and writes. A change here needs a migration in migrations/versions (see README, "Storage")."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+#: usage counters, one row per key and model (observability/usage.py).
+USAGE_FIELDS = ("requests", "prompt_tokens", "completion_tokens", "errors")
+MODEL_CHARS = 255  # the pass-through routes take any model name; a longer one is cut to fit its column
+KEY_CHARS = 64
+ID_CHARS = 40
+
+metadata = sa.MetaData()
+
+usage = sa.Table(
+    "usage", metadata,
+    sa.Column("key_name", sa.String(KEY_CHARS), primary_key=True),
+    sa.Column("model", sa.String(MODEL_CHARS), primary_key=True),
+    *(sa.Column(field, sa.BigInteger, nullable=False, default=0) for field in USAGE_FIELDS),
+)
+
+#: A conversation, owned by the key that created it. `turn_until` holds the lease of the turn being answered
+#: (NULL when none): the second request on one conversation at once finds it taken and gets 409.
+conversations = sa.Table(
+    "conversations", metadata,
+    sa.Column("id", sa.String(ID_CHARS), primary_key=True),
+    sa.Column("key_name", sa.String(KEY_CHARS), nullable=False),
+    sa.Column("title", sa.Text),
+    sa.Column("model", sa.String(MODEL_CHARS)),
+    sa.Column("system", sa.Text),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("turn_until", sa.Float),
+    sa.Index("conversations_by_key", "key_name", "created_at", "id"),
+)
+
+#: One message of a conversation, in `position` order. `stats` holds Ollama's counts and durations (JSON).
+messages = sa.Table(
+    "messages", metadata,
+    sa.Column("conversation_id", sa.String(ID_CHARS), sa.ForeignKey("conversations.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("position", sa.Integer, primary_key=True),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("content", sa.Text, nullable=False),
+    sa.Column("thinking", sa.Text),
+    sa.Column("images", sa.JSON),
+    sa.Column("documents", sa.JSON),
+    sa.Column("model", sa.String(MODEL_CHARS)),
+    sa.Column("stats", sa.JSON),
+    sa.Column("interrupted", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+#: An uploaded document's metadata and extracted text (the file itself is not kept).
+documents = sa.Table(
+    "documents", metadata,
+    sa.Column("id", sa.String(ID_CHARS), primary_key=True),
+    sa.Column("key_name", sa.String(KEY_CHARS), nullable=False),
+    sa.Column("filename", sa.String(255), nullable=False),
+    sa.Column("media_type", sa.String(100), nullable=False),
+    sa.Column("pages", sa.Integer),
+    sa.Column("characters", sa.Integer, nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("documents_by_key", "key_name", "created_at", "id"),
+)
+
+#: A document's text in chunks, each embedded once (with `embed_model`) when a prompt first needs it.
+document_chunks = sa.Table(
+    "document_chunks", metadata,
+    sa.Column("document_id", sa.String(ID_CHARS), sa.ForeignKey("documents.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("position", sa.Integer, primary_key=True),
+    sa.Column("start", sa.Integer, nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("embed_model", sa.String(MODEL_CHARS)),
+    sa.Column("embedding", sa.LargeBinary),
+)
+
+#: A stored OpenAI Responses answer (store: true): the input items and output items it adds to its chain.
+responses = sa.Table(
+    "responses", metadata,
+    sa.Column("id", sa.String(ID_CHARS * 2), primary_key=True),
+    sa.Column("key_name", sa.String(KEY_CHARS), nullable=False),
+    sa.Column("previous_id", sa.String(ID_CHARS * 2)),
+    sa.Column("conversation", sa.String(ID_CHARS * 2)),
+    sa.Column("model", sa.String(MODEL_CHARS)),
+    sa.Column("instructions", sa.Text),
+    sa.Column("input", sa.JSON, nullable=False),
+    sa.Column("output", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("responses_by_conversation", "key_name", "conversation", "created_at"),
+)
