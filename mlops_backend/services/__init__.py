@@ -1,0 +1,1 @@
+"""The gateway's services: conversations and documents (storage, extraction, retrieval)."""
