@@ -1,7 +1,13 @@
-"""`flask --app wsgi keys ...`: create, list and revoke named keys in API_KEYS_FILE.
+"""The gateway's `flask --app wsgi ...` commands.
 
-A new key is printed once and only its SHA-256 is written; running workers pick the change up
-within a second (the file is re-read when it changes).
+`keys`: create, list and revoke named keys in API_KEYS_FILE. A new key is printed once and only
+its SHA-256 is written; running workers pick the change up within a second (the file is re-read
+when it changes).
+
+`db upgrade`: apply the migrations to DATABASE_URL (the gateway also does it when it starts).
+
+`conversations purge --older-than 30d`: delete conversations untouched for that long, and stored
+Responses made before then (CONVERSATION_RETENTION_DAYS does it every hour).
 """
 
 from __future__ import annotations
@@ -11,6 +17,56 @@ from flask.cli import with_appcontext
 
 from .extensions import current_gateway
 from .security.keys import SCOPES, KeyFileError, make_entry, new_token, read_entries, write_entries
+from .storage import database
+
+
+@click.group("db")
+def db_command():
+    """The gateway's database (DATABASE_URL)."""
+
+
+@db_command.command("upgrade")
+@with_appcontext
+def db_upgrade():
+    """Apply every migration the database lacks."""
+    engine = database.create_engine(current_gateway().config.database_url)
+    try:
+        database.upgrade(engine)
+        click.echo(f"{engine.url.render_as_string(hide_password=True)} is at revision {database.current(engine)}")
+    finally:
+        engine.dispose()
+
+
+@click.group("conversations")
+def conversations_command():
+    """The Conversations service's stored conversations."""
+
+
+@conversations_command.command("purge")
+@click.option("--older-than", "older_than", required=True, metavar="AGE",
+              help="How long untouched: a number of days (30d), hours (12h), minutes (90m) or seconds (45s).")
+@with_appcontext
+def purge(older_than):
+    """Delete conversations untouched for longer than AGE (and stored Responses older than AGE)."""
+    seconds = _age(older_than)
+    counts = current_gateway().conversations.purge(seconds)
+    click.echo(f"Deleted {counts['conversations']} conversations and {counts['responses']} stored responses "
+               f"older than {older_than}")
+
+
+_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def _age(text: str) -> float:
+    number, unit = text[:-1], text[-1:].lower()
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1
+    if unit not in _UNITS or value < 0:
+        raise click.BadParameter(f"{text!r}: give a number and a unit, such as 30d, 12h, 90m or 45s",
+                                 param_hint="--older-than")
+    return value * _UNITS[unit]
 
 
 @click.group("keys")

@@ -190,6 +190,28 @@ class Config:
         "MAX_AUDIO_BYTES", str(25 * 1024 * 1024), _number(int, 1024),
         "Largest audio file /v1/audio/transcriptions accepts (413 beyond)",
     )
+    max_document_bytes: int = _setting(
+        "MAX_DOCUMENT_BYTES", str(20 * 1024 * 1024), _number(int, 1024),
+        "Largest document POST /api/llm/documents accepts (413 beyond, decided before the body is read)",
+    )
+    max_document_pages: int = _setting(
+        "MAX_DOCUMENT_PAGES", "2000", _number(int, 1), "Most pages a PDF may have (413 beyond, before any is read)"
+    )
+    document_context_chars: int = _setting(
+        "DOCUMENT_CONTEXT_CHARS", "24000", _number(int, 500),
+        "Documents whose text fits are sent whole; larger ones as their chunks closest to the question",
+    )
+    embed_model: str = _setting(
+        "EMBED_MODEL", "all-minilm", _text, "The embedding model that ranks a large document's chunks"
+    )
+    conversation_retention_days: float = _setting(
+        "CONVERSATION_RETENTION_DAYS", "0", _number(float, 0),
+        "Delete conversations (and stored Responses) untouched for this many days, hourly (0: keep them)",
+    )
+    responses_store: bool = _setting(
+        "RESPONSES_STORE", "true", _boolean,
+        "Store /v1/responses answers (store: true, OpenAI's default) so previous_response_id works",
+    )
     ollama_version_public: bool = _setting(
         "OLLAMA_VERSION_PUBLIC", "true", _boolean,
         "Answer GET /ollama/ and /ollama/api/version without a key, as probes and clients' connection tests expect",
@@ -247,7 +269,8 @@ class Config:
         "Where limits are counted: memory:// (one process) or redis://host:6379/0 (shared by all workers)",
     )
     database_url: str = _setting(
-        "DATABASE_URL", "sqlite:///usage.db", _database_url, "Where usage is kept (SQLAlchemy URL; SQLite or PostgreSQL)"
+        "DATABASE_URL", "sqlite:///usage.db", _database_url,
+        "Where usage, conversations, documents and stored Responses are kept (SQLAlchemy URL; SQLite or PostgreSQL)"
     )
     usage_flush_seconds: float = _setting(
         "USAGE_FLUSH_SECONDS", "2", _number(float, 0.05), "How often each worker writes its usage counts to the database"

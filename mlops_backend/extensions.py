@@ -1,4 +1,4 @@
-"""The gateway's per-app state (config, upstream router, schemas, keys, limits, usage) and CORS."""
+"""The gateway's per-app state (config, upstream router, schemas, keys, limits, usage, database) and CORS."""
 
 from __future__ import annotations
 
@@ -13,8 +13,14 @@ from .security.keys import KeyRing
 from .security.slots import InFlight, MemorySlots, slots_for
 from .upstream.client import OllamaClient
 from .upstream.router import NoCounter, Router
-from .schemas import ChatRequest, EmbedRequest, GenerateRequest, PullRequest, request_schema
+from .schemas import (ChatRequest, ConversationCreate, ConversationTurn, EmbedRequest, GenerateRequest, PullRequest,
+                      request_schema)
 from .observability.usage import UsageStore
+from .services.conversations import Conversations
+from .services.documents import Documents
+from .services.model_context import ContextLengths
+from .services.retention import Retention
+from .storage.database import Database
 
 KEY = "mlops_backend"
 cors = CORS()
@@ -31,6 +37,11 @@ class Gateway:
     usage: UsageStore
     slots: object  # security.slots: generations in flight per key, and the upstreams' in-flight counts
     limits: object = None  # RateLimits, bound to the app by the factory
+    database: Database = None  # DATABASE_URL for the services (conversations, documents, stored Responses)
+    conversations: Conversations = None
+    documents: Documents = None
+    context_lengths: ContextLengths = None  # a model's context length, from /api/show
+    retention: Retention | None = None  # CONVERSATION_RETENTION_DAYS's hourly purge
 
     @classmethod
     def build(cls, config: Config) -> Gateway:
@@ -40,7 +51,8 @@ class Gateway:
 
         schemas = {name: request_schema(schema, config)
                    for name, schema in (("generate", GenerateRequest), ("chat", ChatRequest), ("embed", EmbedRequest),
-                                        ("pull", PullRequest))}
+                                        ("pull", PullRequest), ("conversation", ConversationCreate),
+                                        ("turn", ConversationTurn))}
         slots = slots_for(config.rate_limit_storage, config.slot_lease_seconds)
         # In-flight counts per upstream: per worker on memory://, shared by every worker and instance on Redis.
         counter = NoCounter() if isinstance(slots, MemorySlots) else InFlight(slots)
@@ -52,6 +64,13 @@ class Gateway:
         gateway = cls(config, router, schemas, KeyRing(config.api_key, config.api_keys_file, config.api_key_scopes),
                       UsageStore(config.database_url, config.usage_flush_seconds), slots)
         gateway.limits = RateLimits(gateway)
+        gateway.database = Database(config.database_url)
+        gateway.conversations = Conversations(gateway.database)
+        gateway.documents = Documents(gateway.database)
+        gateway.context_lengths = ContextLengths(lambda model: router.fetch("POST", "/api/show", {"model": model},
+                                                                            model=model))
+        if config.conversation_retention_days:
+            gateway.retention = Retention(gateway.conversations.purge, config.conversation_retention_days).start()
         router.start()
         return gateway
 
@@ -59,6 +78,9 @@ class Gateway:
         """Release the Ollama connections and write pending usage (tests build many apps)."""
         self.upstreams.close()
         self.usage.close()
+        if self.retention is not None:
+            self.retention.close()
+        self.database.close()
         self.slots.close()
 
 

@@ -94,10 +94,12 @@ def register_rate_limits(app: Flask) -> None:
 
 
 def register_commands(app: Flask) -> None:
-    """`flask keys create|list|revoke`."""
-    from .cli import keys_command
+    """`flask keys create|list|revoke`, `flask db upgrade`, `flask conversations purge`."""
+    from .cli import conversations_command, db_command, keys_command
 
     app.cli.add_command(keys_command)
+    app.cli.add_command(db_command)
+    app.cli.add_command(conversations_command)
 
 
 def register_cors(app: Flask, config: Config) -> None:

@@ -234,3 +234,57 @@ class UsageRow(Schema):
 
 class UsageResponse(Schema):
     usage = fields.List(fields.Nested(UsageRow))
+
+
+class StoredMessage(Schema):
+    """One message of a conversation, as stored."""
+
+    role = fields.String(metadata={"example": "assistant"})
+    content = fields.String(metadata={"example": "Kiyomizu-dera, early, before the crowds."})
+    thinking = fields.String(metadata={"description": "A thinking model's reasoning"})
+    images = fields.List(fields.String())
+    documents = fields.List(fields.String(), metadata={"description": "Documents the user message named"})
+    model = fields.String(metadata={"description": "The model that answered (assistant messages)"})
+    stats = fields.Dict(metadata={"description": "Ollama's statistics of the answer (done_reason, eval_count, ...)"})
+    interrupted = fields.Boolean(metadata={"description": "True when the answer was cut: the client left or "
+                                                          "Ollama failed mid-way; the text is what came"})
+    created_at = fields.Float(metadata={"description": "Unix time"})
+
+
+class Conversation(Schema):
+    id = fields.String(metadata={"example": "conv_5f0c9e1d2b3a4c5d6e7f8a9b"})
+    title = fields.String(allow_none=True)
+    model = fields.String(allow_none=True)
+    system = fields.String(allow_none=True)
+    created_at = fields.Float()
+    updated_at = fields.Float()
+    messages = fields.List(fields.Nested(StoredMessage), metadata={"description": "On GET of one conversation"})
+
+
+class ConversationList(Schema):
+    conversations = fields.List(fields.Nested(Conversation), metadata={"description": "Newest first"})
+    next_cursor = fields.String(metadata={"description": "Present when the page is full: pass as ?cursor="})
+
+
+class TurnResponse(Statistics):
+    """A conversation turn's whole answer (`"stream": false`)."""
+
+    conversation_id = fields.String()
+    model = fields.String()
+    message = fields.Nested(AssistantMessage)
+    trimmed = fields.Integer(metadata={"description": "Earlier messages left out to fit the context"})
+
+
+class Document(Schema):
+    id = fields.String(metadata={"example": "doc_5f0c9e1d2b3a4c5d6e7f8a9b"})
+    filename = fields.String(metadata={"example": "handbook.pdf"})
+    media_type = fields.String(metadata={"example": "application/pdf"})
+    pages = fields.Integer(allow_none=True, metadata={"description": "PDF only"})
+    characters = fields.Integer(metadata={"description": "Length of the extracted text"})
+    created_at = fields.Float()
+    text = fields.String(metadata={"description": "The extracted text (GET of one document, unless ?text=false)"})
+
+
+class DocumentList(Schema):
+    documents = fields.List(fields.Nested(Document), metadata={"description": "Newest first"})
+    next_cursor = fields.String(metadata={"description": "Present when the page is full: pass as ?cursor="})

@@ -225,6 +225,10 @@ class ChatRequest(LimitedRequest):
     truncate = GenerateRequest._declared_fields["truncate"]
     shift = GenerateRequest._declared_fields["shift"]
     stream = fields.Boolean(metadata={"description": "Accepted for compatibility and ignored: the route decides"})
+    documents = fields.List(fields.String(validate=validate.Length(min=1, max=40)), validate=validate.Length(max=20),
+                            metadata={"description": "Ids of the key's documents to answer from (sent after the "
+                                                     "system messages; see README, Documents)",
+                                      "example": ["doc_5f0c9e1d2b3a4c5d6e7f8a9b"]})
 
     @validates_schema
     def _limits(self, data, **kwargs):
@@ -233,6 +237,47 @@ class ChatRequest(LimitedRequest):
         self.check_prompt(sum(len(m.get("content", "")) for m in messages), "messages", errors)
         for index, message in enumerate(messages):
             self.check_images(message.get("images"), f"messages.{index}.images", errors, total)
+        self.check_total(total[0], errors)
+        if errors:
+            raise ValidationError(errors)
+
+
+class ConversationCreate(Schema):
+    """Body of POST /api/llm/conversations (and of PATCH, where every field is optional and null clears it)."""
+
+    class Meta:
+        unknown = RAISE
+
+    title = fields.String(allow_none=True, validate=validate.Length(max=500), metadata={"example": "Trip to Kyoto"})
+    model = fields.String(allow_none=True, validate=validate.Length(min=1, max=256),
+                          metadata={"description": "The turns' model unless a turn names one (else DEFAULT_MODEL)",
+                                    "example": "llama3.2"})
+    system = fields.String(allow_none=True, validate=validate.Length(max=100_000),
+                           metadata={"description": "System prompt, sent first in every turn",
+                                     "example": "Answer briefly."})
+
+
+class ConversationTurn(LimitedRequest):
+    """Body of POST /api/llm/conversations/<id>/messages: the user's next message."""
+
+    content = fields.String(required=True, validate=validate.Length(min=1),
+                            metadata={"example": "And what should I see first?"})
+    model = fields.String(validate=validate.Length(min=1, max=256),
+                          metadata={"description": "This turn's model (else the conversation's, else DEFAULT_MODEL)"})
+    options = fields.Nested(Options)
+    images = fields.List(Base64Image(), metadata={"description": "Base64 images for vision models"})
+    documents = ChatRequest._declared_fields["documents"]
+    stream = fields.Boolean(load_default=True, metadata={
+        "description": "true (default): the answer as SSE, in /api/llm/chat/stream's grammar; false: whole"})
+    think = GenerateRequest._declared_fields["think"]
+    keep_alive = GenerateRequest._declared_fields["keep_alive"]
+    format = GenerateRequest._declared_fields["format"]
+
+    @validates_schema
+    def _limits(self, data, **kwargs):
+        errors, total = {}, [0]
+        self.check_prompt(len(data.get("content", "")), "content", errors)
+        self.check_images(data.get("images"), "images", errors, total)
         self.check_total(total[0], errors)
         if errors:
             raise ValidationError(errors)

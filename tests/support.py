@@ -108,6 +108,23 @@ def keys_file(tmp_path_factory, *entries: dict) -> str:
     return str(path)
 
 
+def seed_conversation(database_url: str, conversation_id: str, turns: int, words: int) -> None:
+    """Write `turns` question-and-answer pairs of `words` words each straight into a conversation (a long
+    history, quickly): "turn <n> word word ..."."""
+    from mlops_backend.storage import database
+    from mlops_backend.storage.tables import messages
+
+    engine = database.create_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(messages.insert(), [
+                {"conversation_id": conversation_id, "position": i, "role": "user" if i % 2 == 0 else "assistant",
+                 "content": f"turn {i // 2} " + "word " * words, "interrupted": False, "created_at": time.time()}
+                for i in range(2 * turns)])
+    finally:
+        engine.dispose()
+
+
 def wait_for_access_line(gateway, request_id: str, timeout: float = 5.0) -> str:
     """Wait until the gateway's log holds the access line of request `request_id`, and return that line.
 

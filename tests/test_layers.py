@@ -1,7 +1,8 @@
 """The package's layers: every import inside mlops_backend points down (or sideways), never up.
 
-upstream (Ollama, no Flask) < observability < errors < security < config and the app state <
-streaming < blueprints, docs and the factory. An import found anywhere in a module, a lazy one
+upstream (Ollama, no Flask) and storage (the database) < observability < errors < security <
+services (conversations, documents: no Flask) < config and the app state < streaming < blueprints,
+docs and the factory. An import found anywhere in a module, a lazy one
 inside a function included, counts.
 """
 
@@ -14,10 +15,11 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mlops_backend"
 LAYERS = [
-    ("upstream", "schemas", "responses"),
+    ("upstream", "storage", "schemas", "responses"),
     ("observability",),
     ("errors",),
     ("security",),
+    ("services",),
     ("config", "extensions"),
     ("streaming",),
     ("blueprints", "docs", "factory", "cli", "__init__"),

@@ -12,10 +12,12 @@ from ..security.auth import authenticate
 from ..streaming import sse
 from ..upstream.conversations import SESSION_HEADER, session_key
 from .common import guard, json_body, use_model
+from .services import document_messages, service_errors
 
 bp = Blueprint("llm", __name__)
 register_error_handlers(bp)
 bp.before_request(guard)
+service_errors(bp)
 
 STATISTICS = ("done", "done_reason", "total_duration", "load_duration", "prompt_eval_count",
               "prompt_eval_duration", "eval_count", "eval_duration")
@@ -50,9 +52,19 @@ def payload(kind: str) -> dict:
             raise ValidationError({"model": ["Missing: name a model (no DEFAULT_MODEL is configured)."]})
         data["model"] = gateway.config.default_model
     use_model(data["model"])
+    if "documents" in data:
+        data["messages"] = with_documents(gateway, data["messages"], data.pop("documents"))
     if gateway.config.log_prompts:
         observe.current().prompt = {key: data[key] for key in ("system", "prompt", "messages", "input") if key in data}
     return data
+
+
+def with_documents(gateway, messages: list[dict], document_ids: list[str]) -> list[dict]:
+    """The messages with the named documents after the leading system messages (see services/retrieval.py)."""
+    question = next((m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), "")
+    carried = document_messages(gateway, authenticate(gateway).name, document_ids, question)
+    start = next((i for i, m in enumerate(messages) if m.get("role") != "system"), len(messages))
+    return messages[:start] + carried + messages[start:]
 
 
 def route(body: dict) -> dict:
