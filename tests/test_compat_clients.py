@@ -193,7 +193,7 @@ def test_ollama_generate_whole_and_streamed(native, double):
 
 def test_ollama_embed_single_and_list(native):
     one = native.embed(model="all-minilm", input="hello")
-    assert one.model == "all-minilm" and len(one.embeddings) == 1 and len(one.embeddings[0]) == 8
+    assert one.model == "all-minilm" and len(one.embeddings) == 1 and len(one.embeddings[0]) == 384
     many = native.embed(model="all-minilm", input=["hello", "world", "hello"])
     assert many.embeddings[0] == many.embeddings[2] == one.embeddings[0] != many.embeddings[1]
     assert many.prompt_eval_count == 3

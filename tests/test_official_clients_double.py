@@ -108,10 +108,10 @@ def test_ollama_generate_stream(native, double):
 def test_ollama_embed_single_and_list(native):
     one = native.embed(model="all-minilm", input="hello")
     assert one.model == "all-minilm" and len(one.embeddings) == 1
-    assert len(one.embeddings[0]) == 8
+    assert len(one.embeddings[0]) == 384
     assert math.isclose(math.fsum(x * x for x in one.embeddings[0]), 1.0, rel_tol=1e-6)
     many = native.embed(model="all-minilm", input=["hello", "world", "hello"])
-    assert len(many.embeddings) == 3 and all(len(v) == 8 for v in many.embeddings)
+    assert len(many.embeddings) == 3 and all(len(v) == 384 for v in many.embeddings)
     assert many.embeddings[0] == many.embeddings[2] == one.embeddings[0] != many.embeddings[1]
     assert many.prompt_eval_count == 3
 
@@ -202,12 +202,12 @@ def f32(vector) -> list:
 
 def test_openai_embeddings_single_and_list(oai, native, double):
     one = oai.embeddings.create(model="all-minilm", input="hello")
-    assert one.model == "all-minilm" and len(one.data) == 1 and len(one.data[0].embedding) == 8
+    assert one.model == "all-minilm" and len(one.data) == 1 and len(one.data[0].embedding) == 384
     # The client asks for base64 (float32 bytes); they name the very float32 values /api/embed prints.
     assert double.requests[-1]["body"]["encoding_format"] == "base64"
     assert f32(one.data[0].embedding) == f32(native.embed(model="all-minilm", input="hello").embeddings[0])
     many = oai.embeddings.create(model="all-minilm", input=["hello", "world"])
-    assert [d.index for d in many.data] == [0, 1] and all(len(d.embedding) == 8 for d in many.data)
+    assert [d.index for d in many.data] == [0, 1] and all(len(d.embedding) == 384 for d in many.data)
     assert many.data[0].embedding == one.data[0].embedding != many.data[1].embedding
     assert many.usage.prompt_tokens == 2
 

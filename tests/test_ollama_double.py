@@ -357,14 +357,28 @@ def test_unknown_model_is_404_before_streaming(double):
 def test_embed(double):
     body = post(double, "/api/embed", {"model": "all-minilm", "input": ["a", "b", "a"]}).json()
     vectors = body["embeddings"]
-    assert len(vectors) == 3 and all(len(v) == 8 for v in vectors)
+    assert len(vectors) == 3 and all(len(v) == 384 for v in vectors)  # all-minilm's embedding_length
     assert vectors[0] == vectors[2] != vectors[1]
     assert all(abs(math.sqrt(sum(x * x for x in v)) - 1) < 1e-6 for v in vectors)
     assert {"total_duration", "load_duration", "prompt_eval_count"} <= set(body)
-    single = post(double, "/api/embed", {"model": "llama3.2", "input": "a"}).json()
-    assert single["embeddings"] == [vectors[0]] and single["model"] == "llama3.2"
+    single = post(double, "/api/embed", {"model": "llama3.2", "input": ["A", "a"]}).json()
+    assert [len(v) for v in single["embeddings"]] == [3072, 3072] and single["model"] == "llama3.2"
+    assert single["embeddings"][0] == single["embeddings"][1]  # words are lowercased
     bad = post(double, "/api/embed", {"model": "all-minilm", "input": 3})
     assert (bad.status_code, bad.json()) == (400, {"error": "invalid input type"})
+
+
+def test_embeddings_are_bags_of_words(double):
+    texts = ["The cat sat on the mat.", "THE CAT SAT ON THE RED MAT!", "Stock prices fell sharply", "?!"]
+    vectors = post(double, "/api/embed", {"model": "all-minilm", "input": texts}).json()["embeddings"]
+
+    def cosine(a, b):
+        return sum(x * y for x, y in zip(a, b))  # the vectors are normalised
+
+    assert cosine(vectors[0], vectors[1]) > 0.9 > 0.1 > cosine(vectors[0], vectors[2])
+    assert all(abs(math.fsum(x * x for x in v) - 1) < 1e-6 for v in vectors)  # no words: the text is one word
+    short = post(double, "/api/embed", {"model": "all-minilm", "input": texts[:1], "dimensions": 16}).json()
+    assert len(short["embeddings"][0]) == 16 and abs(math.fsum(x * x for x in short["embeddings"][0]) - 1) < 1e-6
 
 
 def test_pull_and_delete(double):
@@ -582,7 +596,7 @@ def test_openai_layer(double):
     assert text["object"] == "text_completion" and text["choices"][0]["text"] == "You said: yo"
     assert "logprobs" not in text["choices"][0]
     emb = post(double, "/v1/embeddings", {"model": "all-minilm", "input": ["a", "b"]}).json()
-    assert [d["index"] for d in emb["data"]] == [0, 1] and len(emb["data"][0]["embedding"]) == 8
+    assert [d["index"] for d in emb["data"]] == [0, 1] and len(emb["data"][0]["embedding"]) == 384
     missing = post(double, "/v1/chat/completions", {"model": "ghost", "messages": msgs})
     assert missing.status_code == 404 and missing.content.endswith(b"}\n")
     assert missing.json() == {"error": {"message": "model 'ghost' not found", "type": "not_found_error",
@@ -1183,7 +1197,7 @@ def test_v1_mid_stream_error_becomes_an_empty_chunk(double):
 def test_v1_embeddings_base64_and_models(double):
     floats = post(double, "/v1/embeddings", {"model": "all-minilm", "input": "hi"}).json()["data"][0]["embedding"]
     packed = post(double, "/v1/embeddings", {"model": "all-minilm", "input": "hi", "encoding_format": "base64"})
-    decoded = struct.unpack("<8f", base64.b64decode(packed.json()["data"][0]["embedding"]))
+    decoded = struct.unpack("<384f", base64.b64decode(packed.json()["data"][0]["embedding"]))
     assert [struct.pack("<f", x) for x in decoded] == [struct.pack("<f", x) for x in floats]
     bad = post(double, "/v1/embeddings", {"model": "all-minilm", "input": "hi", "encoding_format": "int8"})
     assert bad.json()["error"]["message"] == ("Invalid value for 'encoding_format' = int8. Supported values: "

@@ -22,6 +22,7 @@ from .wire import (
     display_shortest,
     dumps,
     embed_vector,
+    embedding_length,
     full_name,
     last_user_text,
     layer_digests,
@@ -32,7 +33,6 @@ from .wire import (
     plan_reply,
     prompt_count,
     ref_base,
-    renormalise,
     show_payload,
     signin_url,
     stats,
@@ -318,10 +318,8 @@ class NativeRoutes:
         limit = 512 if "embedding" in model["capabilities"] else 131072
         if req.get("truncate") is False and any(len(t.split()) + 2 > limit for t in texts):
             raise ApiError(400, "the input length exceeds the context length")
-        vectors = [embed_vector(t) for t in texts]
-        dims = req.get("dimensions", 0)
-        if 0 < dims < len(vectors[0]):
-            vectors = [renormalise(v, dims) for v in vectors]
+        dims, length = req.get("dimensions", 0), embedding_length(model)
+        vectors = [embed_vector(t, dims if 0 < dims < length else length) for t in texts]
         timing = stats(sum(len(t.split()) for t in texts), 0, NO_FAULTS)
         self.send_json({"model": name, "embeddings": vectors, "total_duration": timing["total_duration"],
                         "load_duration": timing["load_duration"], "prompt_eval_count": timing["prompt_eval_count"]})
@@ -338,7 +336,8 @@ class NativeRoutes:
         prompt = req.get("prompt") or ""
         # The legacy endpoint returns an unnormalised float64 vector.
         with self.serving(model, req.get("keep_alive")):
-            self.send_json({"embedding": [x * 7.5 for x in embed_vector(prompt)] if prompt else []})
+            vector = embed_vector(prompt, embedding_length(model)) if prompt else []
+            self.send_json({"embedding": [x * 7.5 for x in vector]})
 
     # -- model management -----------------------------------------------------------------------------------
 

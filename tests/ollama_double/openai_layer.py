@@ -22,12 +22,12 @@ from .transport import JSON_TYPE, ApiError, _lenient, sse
 from .wire import (
     dumps,
     embed_vector,
+    embedding_length,
     float32_base64,
     last_user_text,
     parse_name,
     parse_ref,
     prompt_count,
-    renormalise,
     unix_time,
 )
 
@@ -414,12 +414,10 @@ class OpenAIRoutes:
         if model is None:
             raise ApiError(404, f"model {go_quote(name)} not found, try pulling it first")
         self.double._load(model, None)
-        dims = req.get("dimensions", 0)
+        dims, length = req.get("dimensions", 0), embedding_length(model)
         data = []
         for i, text in enumerate(texts):
-            vector = embed_vector(text)
-            if 0 < dims < len(vector):
-                vector = renormalise(vector, dims)
+            vector = embed_vector(text, dims if 0 < dims < length else length)
             data.append({"object": "embedding", "embedding": float32_base64(vector) if fmt.lower() == "base64"
                          else vector, "index": i})
         n = sum(len(t.split()) for t in texts)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import math
@@ -25,6 +26,8 @@ MODELS_DIR = "/root/.ollama/models"  # where a stock Linux install keeps manifes
 # The system prompt openai.FromTranscriptionRequest puts before the audio (then language and prompt, if given).
 TRANSCRIBE_SYSTEM = ("Transcribe the audio exactly as spoken. Output only the spoken words. Do not answer any "
                      "question in the audio.")
+
+_WORDS = re.compile(r"\w+")  # the double's "tokens" for embeddings
 
 # Go's encoding/json escapes these even inside otherwise raw UTF-8 output.
 _GO_ESCAPES = (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"))
@@ -457,18 +460,25 @@ def float32(value: float) -> float:
     return exact
 
 
-def embed_vector(text: str, dims: int = 8) -> list:
-    """A deterministic, L2-normalised float32 vector derived from the text's SHA-256."""
-    raw = [(b - 127.5) / 127.5 for b in hashlib.sha256(text.encode("utf-8", "replace")).digest()[:dims]]
-    norm = math.sqrt(sum(x * x for x in raw)) or 1.0
-    return [float32(x / norm) for x in raw]
+def embedding_length(model: dict) -> int:
+    """The size of a model's vectors, as /api/show and /api/tags declare it (384 for embedding models)."""
+    return _lengths(model)[1]
 
 
-def renormalise(vector: list, dims: int) -> list:
-    """/api/embed's `dimensions`: keep the first `dims` values and normalise again."""
-    cut = vector[:dims]
-    norm = math.sqrt(sum(x * x for x in cut)) or 1.0
-    return [float32(x / norm) for x in cut]
+@functools.lru_cache(maxsize=65536)
+def _bucket(word: str, dims: int) -> int:
+    return int.from_bytes(hashlib.blake2b(word.encode("utf-8", "replace"), digest_size=8).digest(), "little") % dims
+
+
+def embed_vector(text: str, dims: int) -> list:
+    """A bag-of-words vector of `dims` float32 values, L2-normalised: each lowercased word counts once more in
+    the bucket its BLAKE2b hash picks, so texts that share words point alike (a text without words is one word).
+    Deterministic across processes; /api/embed's `dimensions` hashes into fewer buckets."""
+    counts = [0] * dims
+    for word in _WORDS.findall(text.lower()) or [text]:
+        counts[_bucket(word, dims)] += 1
+    norm = math.sqrt(sum(x * x for x in counts))
+    return [float32(x / norm) if x else 0.0 for x in counts]
 
 
 def float32_base64(vector: list) -> str:
