@@ -523,3 +523,18 @@ def test_transcription_is_silent_until_done(double):
     assert resp.chunks == [b'{"text":"Transcript of 44 bytes of audio."}\n']  # one write, at the end
     assert resp.head_time - started < 0.09  # the headers left with the first chat chunk
     assert resp.times[0] - started >= 0.1 * 6 * 0.9  # seven chat chunks: six delays before the answer
+
+
+def test_responses_input_messages_with_content_arrays(double):
+    """Ollama's ResponsesInputMessage takes content as a string or an array of typed parts (the openai SDK
+    replays assistant turns as output_text parts); the parts' text is what the model sees."""
+    body = {"model": "llama3.2", "input": [
+        {"role": "user", "content": [{"type": "input_text", "text": "first"}]},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "ok"}]},
+        {"role": "user", "content": [{"type": "input_text", "text": "second question"}]}]}
+    response = requests.post(double.url + "/v1/responses", json=body, timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.json()["output"][0]["content"][0]["text"] == "You said: second question"
+    bad = requests.post(double.url + "/v1/responses", timeout=10, json={
+        "model": "llama3.2", "input": [{"role": "user", "content": [{"type": "nope", "text": "x"}]}]})
+    assert bad.status_code == 400 and "unknown content type: nope" in bad.json()["error"]["message"]

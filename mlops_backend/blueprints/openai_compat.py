@@ -10,6 +10,7 @@ here answers at both.
 
 from __future__ import annotations
 
+import json
 from urllib.parse import quote
 
 from flask import Blueprint, request
@@ -19,7 +20,8 @@ from ..security.request_body import read_body
 from ..security.auth import authenticate, permit_body, permit_model, require_route
 from ..errors import ApiError, register_error_handlers, v1_error
 from ..extensions import current_gateway
-from ..security.json_body import field, parse_object
+from ..security.json_body import field, fold, parse_object
+from ..services.responses_state import ResponsesError, ResponsesState
 from ..upstream import views
 from ..upstream.http import sendable_header
 from ..upstream.conversations import SESSION_HEADER, session_key
@@ -62,16 +64,26 @@ def _key(path: str):
     return key
 
 
-def _relay_post(path: str, dialect=passthrough.OPENAI, headers: tuple = ()):
+def _read_post(path: str):
+    """The key, the body as Ollama will get it, and that body parsed, once the key may send it to `path`."""
     key = _key(path)
     raw = read_body()
     body = parse_object(raw)
     permit_body(key, body, ("model",))
+    return key, raw, body
+
+
+def _relay_post(path: str, dialect=passthrough.OPENAI, headers: tuple = ()):
+    _, raw, body = _read_post(path)
+    return _send_post(path, raw, body, dialect, headers)
+
+
+def _send_post(path: str, raw: bytes, body: dict, dialect, headers: tuple = (), keep=None, rewrite=None):
     streaming = field(body, "stream") is True
     model = field(body, "model")
     conversation = field(body, "messages") if field(body, "messages") is not None else field(body, "input")
     return passthrough.relay("POST", quote(path, safe="/:"), raw, dialect, streaming=streaming,
-                             slot=streaming or path in GENERATION_ROUTES,
+                             slot=streaming or path in GENERATION_ROUTES, keep=keep, rewrite=rewrite,
                              model=model if isinstance(model, str) and model.strip() else None,
                              session=session_key(request.headers.get(SESSION_HEADER), conversation), headers=headers)
 
@@ -111,13 +123,39 @@ def embeddings():
 
 @route("/v1/responses", methods=["POST"])
 def responses():
-    """OpenAI Responses (stateless; with `stream: true`, typed SSE events through `response.completed`).
+    """OpenAI Responses (with `stream: true`, typed SSE events through `response.completed`).
     ---
     tags: [openai]
+    description: |
+      With RESPONSES_STORE on (the default) and `store` not false, each completed answer is stored
+      for the key under an id of the gateway's, and `previous_response_id` (or a `conversation`)
+      sends Ollama the key's stored turns before the new input; `instructions` are not inherited.
+      An id the key did not store is a 400 `previous_response_not_found`.
     responses:
-      200: {description: "Ollama's Responses answer, unchanged; usage from `response.completed`."}
+      200: {description: "Ollama's Responses answer; a stored one with the gateway's id and `store: true`."}
     """
-    return _relay_post("/v1/responses", passthrough.RESPONSES)
+    path = "/v1/responses"
+    gateway = current_gateway()
+    key, raw, body = _read_post(path)
+    if not gateway.config.responses_store:
+        return _send_post(path, raw, body, passthrough.RESPONSES)
+    try:
+        turn = ResponsesState(gateway.database).begin(
+            key.name, input=field(body, "input"), previous_id=field(body, "previous_response_id"),
+            conversation=field(body, "conversation"), model=field(body, "model"),
+            instructions=field(body, "instructions"), store=field(body, "store") is not False)
+    except ResponsesError as error:
+        raise ApiError(400, "Bad Request", error.message, slug=error.code) from None
+    if turn.input is not None:
+        # The history comes only from what this key stored; the rest of the body is the client's, checked above.
+        body = {k: v for k, v in body.items() if fold(k) not in ("input", "previous_response_id", "conversation")}
+        turn.fit(gateway.config.max_body_bytes - len(json.dumps(body)))
+        body["input"] = turn.input
+        raw = json.dumps(body).encode()
+        permit_body(key, body, ("model",))
+    if turn.id is None:
+        return _send_post(path, raw, body, passthrough.RESPONSES)
+    return _send_post(path, raw, body, passthrough.RESPONSES, keep=turn.answer, rewrite=turn.records)
 
 
 @route("/v1/messages", methods=["POST"])

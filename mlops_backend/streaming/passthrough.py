@@ -38,10 +38,10 @@ class PassthroughFraming(Framing):
     with the dialect's error record after the last whole one, never glued to half a record.
     """
 
-    __slots__ = ("dialect", "_held", "_max", "_finished")
+    __slots__ = ("dialect", "_held", "_max", "_finished", "_rewrite")
 
-    def __init__(self, dialect: Dialect, max_held: int):
-        self.dialect, self._max = dialect, max_held
+    def __init__(self, dialect: Dialect, max_held: int, rewrite=None):
+        self.dialect, self._max, self._rewrite = dialect, max_held, rewrite
         self._held: list[bytes] = []
         self._finished = False
 
@@ -69,6 +69,8 @@ class PassthroughFraming(Framing):
             cut = len(payload)
         elif cut < len(payload):
             held.append(payload[cut:])
+        if self._rewrite is not None:
+            return self._rewrite(payload[:cut]), False
         return payload[:cut], False
 
     def end(self, observation):
@@ -76,6 +78,8 @@ class PassthroughFraming(Framing):
         that ended before the stream's final record gets the dialect's error record after it."""
         held = b"".join(self._held)
         self._held.clear()
+        if held and self._rewrite is not None:
+            held = self._rewrite(held)
         if self._finished or (held and self.dialect.is_final(held.rpartition(b"\n")[2])):  # a last line, unended
             return held
         error = OllamaBadResponse("Ollama ended the stream before its final event")
@@ -90,7 +94,7 @@ class PassthroughFraming(Framing):
 
 
 def relay(method: str, path: str, body: bytes, dialect: Dialect, *, streaming: bool, slot: bool, keep=None,
-          model: str | None = None, session: str | None = None, upstream: str | None = None,
+          rewrite=None, model: str | None = None, session: str | None = None, upstream: str | None = None,
           content_type: str = "application/json", headers: tuple = ()) -> Response:
     """Send the request to Ollama (the upstream the router picks for `model`) and answer with its status, type
     and body.
@@ -99,8 +103,10 @@ def relay(method: str, path: str, body: bytes, dialect: Dialect, *, streaming: b
     `stream`) decision, never the framing's: Go answers bodies over 2 KiB chunked, so a model
     list is as likely to come chunked as a stream is. `slot` takes one of the key's slots for
     generations in flight (generations and streams). `keep`, if given, filters a whole JSON
-    answer (a key's model allow-list on model lists). `content_type` and `headers` (name, value)
-    pairs go to Ollama with the body.
+    answer (a key's model allow-list on model lists, a stored Responses answer's id). `rewrite`, if
+    given, takes a stream's whole records as they pass and returns what goes instead (a stored
+    Responses stream's id); without it they pass untouched. `content_type` and `headers` (name,
+    value) pairs go to Ollama with the body.
     """
     gateway = current_gateway()
     config = gateway.config
@@ -124,8 +130,9 @@ def relay(method: str, path: str, body: bytes, dialect: Dialect, *, streaming: b
         watch.stop()
         return _whole(stream, data, dialect, observation, keep)
     observation.stream_opened()
-    body = stream_relay(stream, True, watch, PassthroughFraming(dialect, config.max_upstream_line_bytes), observation,
-                        heartbeat=1.0, max_line=config.max_upstream_line_bytes)
+    framing = PassthroughFraming(dialect, config.max_upstream_line_bytes, rewrite)
+    body = stream_relay(stream, True, watch, framing, observation, heartbeat=1.0,
+                        max_line=config.max_upstream_line_bytes)
     return Response(stream_with_context(body), status=stream.status,
                     content_type=stream.headers.get("content-type", "application/octet-stream"), headers=HEADERS,
                     direct_passthrough=True)

@@ -115,7 +115,17 @@ def _raw_items(value, what: str) -> list:
                   f"type []json.RawMessage")
 
 
+def _decoded(value):
+    """A json.RawMessage field's value (kept by the binder as plain dicts) as the decoder walks it again."""
+    if isinstance(value, dict):
+        return go.Pairs((key, _decoded(item)) for key, item in value.items())
+    if isinstance(value, list):
+        return [_decoded(item) for item in value]
+    return value
+
+
 def _content_item(value) -> dict:
+    value = _decoded(value)
     kind = go.unmarshal(_TYPE_ONLY, value).get("type", "")
     struct = _CONTENT_TYPES.get(kind)
     if struct is None:
