@@ -175,3 +175,19 @@ def test_a_document_ten_times_the_budget_sends_the_chunk_that_holds_the_answer(g
     assert len(carried) < 2000 + 1000  # the budget, and the labels
     embeds = [r for r in double.requests if r["path"] == "/api/embed"]
     assert embeds and all(r["body"]["model"] == "all-minilm" for r in embeds)
+
+
+def test_chat_stream_takes_documents_too(gw, double):
+    document = upload(gw, "notes.md", b"The code word is heron.", "text/markdown").json()["id"]
+    response = requests.post(gw.url + "/api/llm/chat/stream", headers={"Authorization": f"Bearer {ALICE}"},
+                             json={"documents": [document], "messages": [{"role": "user", "content": "word?"}]},
+                             timeout=30)
+    assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/event-stream")
+    assert '"done":true' in response.text
+    [body] = [r["body"] for r in double.requests if r["path"] == "/api/chat"]
+    assert body["stream"] is True and [m["role"] for m in body["messages"]] == ["system", "user"]
+    assert "The code word is heron." in body["messages"][0]["content"] and "documents" not in body
+    missing = requests.post(gw.url + "/api/llm/chat/stream", headers={"Authorization": f"Bearer {ALICE}"},
+                            json={"documents": ["doc_nope"], "messages": [{"role": "user", "content": "x"}]},
+                            timeout=30)
+    assert missing.status_code == 404 and missing.headers["Content-Type"] == "application/problem+json"
