@@ -17,13 +17,14 @@ from mlops_backend.services.conversations import answer_reserve, estimate_tokens
 from mlops_backend.storage.tables import conversations as conversations_table
 from tests.support import API_KEY, GatewayProcess, keys_file, seed_conversation, sse_events, sse_items
 
-ALICE, BOB = new_token(), new_token()
+ALICE, BOB, PAGER = new_token(), new_token(), new_token()  # PAGER: only the pagination test's conversations
 ROOT = "/api/llm/conversations"
 
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
-    return keys_file(tmp_path_factory, make_entry("alice", ALICE, ["use"]), make_entry("bob", BOB, ["use"]))
+    return keys_file(tmp_path_factory, make_entry("alice", ALICE, ["use"]), make_entry("bob", BOB, ["use"]),
+                     make_entry("pager", PAGER, ["use"]))
 
 
 @pytest.fixture(scope="module")
@@ -127,13 +128,8 @@ def test_another_key_gets_404_and_an_admin_may_list_any_keys(gw, double):
     assert call(gw, "GET", ROOT, BOB, params={"key": "alice"}).status_code == 403
 
 
-def test_lists_are_newest_first_in_pages_with_a_cursor(gw, double, keys):
-    owner = new_token()
-    # A key of its own, so the count is exact: added to the keys file the module's gateway re-reads.
-    from mlops_backend.security.keys import read_entries, write_entries
-
-    write_entries(keys, read_entries(keys) + [make_entry("pager", owner, ["use"])])
-    wait_for(lambda: call(gw, "GET", ROOT, owner).status_code == 200)
+def test_lists_are_newest_first_in_pages_with_a_cursor(gw, double):
+    owner = PAGER  # a key of its own, so the count is exact
     made = [new_conversation(gw, owner, title=f"c{i}") for i in range(5)]
     seen, cursor, pages = [], None, []
     while True:

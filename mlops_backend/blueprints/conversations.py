@@ -167,25 +167,34 @@ def turn(conversation_id):
     documents = document_messages(gateway, key.name, body.get("documents"), body["content"])
     user = {"role": "user", "content": body["content"], "images": body.get("images"),
             "documents": body.get("documents")}
+    observation = observe.current()
+    observation.on_finish.append(gateway.limits.acquire_slot(key))  # 429 here leaves the conversation as it was
     try:
         taken = gateway.conversations.begin_turn(key.name, conversation_id, user)
     except TurnInProgress:
         raise ApiError(409, "Conflict", "Another request is answering in this conversation now; send the next "
                        "message when it has ended", slug="turn-in-progress") from None
+    answer = Answer(model)
+
+    def store():
+        """When the response closes, however it ended: store the answer as far as it came (a turn that failed
+        before Ollama answered anything leaves no message behind)."""
+        try:
+            if answer.empty and answer.stats is None and (observation.status >= 400 or not observation.chunks):
+                taken.finish(None, keep_user=False)
+            else:
+                taken.finish(answer.message())
+        except Exception:
+            log.exception("The answer of conversation %s could not be stored", conversation_id)
+
+    observation.on_finish.append(store)  # whatever happens from here on gives the conversation back
     messages, trimmed = chat_messages(taken.conversation.get("system"), documents, taken.history, user, context,
                                       options)
     chat = {"model": model, "messages": messages,
             **{name: body[name] for name in ("options", "think", "keep_alive", "format") if name in body}}
-    observation = observe.current()
-    observation.on_finish.append(gateway.limits.acquire_slot(key))
-    answer = Answer(model)
     route = {"model": model, "session": conversation_id, "note": observation.served_by}
     if not body["stream"]:
-        try:
-            result = gateway.upstreams.call("/api/chat", chat, **route)
-        except BaseException:  # Ollama's refusal or failure, or the client gone: as if never asked
-            taken.finish(None, keep_user=False)
-            raise
+        result = gateway.upstreams.call("/api/chat", chat, **route)  # a failure: store() leaves no message
         answer.add(result)
         taken.finish(answer.message())
         observation.statistics(result)
@@ -197,17 +206,6 @@ def turn(conversation_id):
         taken.renew()
         return sse.chunk_events(obj, out)
 
-    def store():
-        """When the response closes, however it ended: store the answer as far as it came."""
-        try:
-            if answer.empty and answer.stats is None and observation.status >= 400:
-                taken.finish(None, keep_user=False)  # Ollama refused before answering: as if never asked
-            else:
-                taken.finish(answer.message())
-        except Exception:
-            log.exception("The answer of conversation %s could not be stored", conversation_id)
-
-    observation.on_finish.append(store)
     raw = json.dumps({"stream": True, **chat}).encode()
     response = sse.stream_response(lambda: gateway.upstreams.open("POST", "/api/chat", raw, **route),
                                    gateway.config, observation, events=events, fast=None)
