@@ -26,7 +26,7 @@ _reloading = os.environ.get("MLOPS_GUNICORN_CONFIGURED") == "1"
 os.environ["MLOPS_GUNICORN_CONFIGURED"] = "1"
 try:
     _config = Config.from_env()
-    if _config.api_keys_file:
+    if _config.api_keys_file and _config.keys_store == "file":
         read_entries(_config.api_keys_file)
 except (ConfigError, KeyFileError) as error:
     sys.stderr.write(f"mlops-backend: configuration error: {error}\n")
@@ -97,7 +97,8 @@ def on_exit(server):
 
 def on_starting(server):
     """Warn once, in the master, when configured limits would be counted per worker."""
-    limited = _config.rate_limit_per_minute or _config.streams_per_key or _config.api_keys_file
+    limited = (_config.rate_limit_per_minute or _config.streams_per_key or _config.api_keys_file
+               or _config.keys_store == "database")
     if limited and _config.rate_limit_storage.startswith("memory://") and server.cfg.workers > 1:
         logging.getLogger("gunicorn.error").warning(
             "RATE_LIMIT_STORAGE=memory:// with %d workers: each worker counts limits on its own, so a key can "

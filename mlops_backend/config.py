@@ -245,6 +245,19 @@ class Config:
     api_keys_file: str = _setting(
         "API_KEYS_FILE", "", _text, "JSON or TOML file of named keys (hashes, scopes, limits); managed with `flask keys`"
     )
+    keys_store: str = _setting(
+        "KEYS_STORE", "file", _choice("file", "database"),
+        "Where named keys live: file (API_KEYS_FILE) or database (DATABASE_URL, managed over /api/keys)",
+    )
+    tokens_per_minute: int = _setting(
+        "TOKENS_PER_MINUTE", "0", _number(int, 0), "Tokens (prompt + completion) per minute per key by default (0: no limit)"
+    )
+    tokens_per_day: int = _setting(
+        "TOKENS_PER_DAY", "0", _number(int, 0), "Tokens per UTC day per key by default (0: no limit)"
+    )
+    tokens_per_month: int = _setting(
+        "TOKENS_PER_MONTH", "0", _number(int, 0), "Tokens per UTC calendar month per key by default (0: no limit)"
+    )
     rate_limit_per_minute: int = _setting(
         "RATE_LIMIT_PER_MINUTE", "0", _number(int, 0), "Requests per minute per key unless the key sets its own (0: no limit)"
     )
@@ -277,6 +290,10 @@ class Config:
     )
     metrics_public: bool = _setting(
         "METRICS_PUBLIC", "false", _boolean, "Serve /metrics without a key (otherwise an admin key is required)"
+    )
+    metrics_key_labels: bool = _setting(
+        "METRICS_KEY_LABELS", "true", _boolean,
+        "Label the per-key token counter with key names (false: one series for all keys, for thousands of keys)",
     )
     open_upstream_routes: tuple = _setting(
         "OPEN_UPSTREAM_ROUTES", "", _routes,
@@ -329,7 +346,8 @@ class Config:
         """
         if not self.auth_enabled or self.debug:
             return
-        if self.api_key == PLACEHOLDER_KEY or (not self.api_key and not self.api_keys_file):
+        if self.api_key == PLACEHOLDER_KEY or (not self.api_key and not self.api_keys_file
+                                               and self.keys_store != "database"):
             what = "empty" if not self.api_key else "still the placeholder from .env.example"
             raise ConfigError(f"API_KEY is {what}: set a secret key (or API_KEYS_FILE), "
                               "or AUTH_ENABLED=false to run without auth")

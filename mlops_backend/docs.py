@@ -185,14 +185,15 @@ def _operation(view, rule) -> dict:
     operation.setdefault("summary", summary.strip())
     operation.setdefault("operationId", rule.endpoint.replace(".", "_"))
     responses = operation.setdefault("responses", {"200": {"description": "OK"}})
-    public = operation.get("security") == [] or not rule.endpoint.startswith(("llm.", "models.", "admin.", "ollama.", "openai."))
+    keyed = ("llm.", "models.", "admin.", "keys.", "conversations.", "documents.", "ollama.", "openai.")
+    public = operation.get("security") == [] or not rule.endpoint.startswith(keyed)
     if public:
         operation["security"] = []
         operation.setdefault("tags", ["docs"])
     errors = {} if public else dict(KEYED_ERRORS)
     if not public and "POST" in rule.methods:
         errors.update(BODY_ERRORS)
-    if rule.endpoint.startswith(("llm.", "models.")):
+    if rule.endpoint.startswith(("llm.", "models.", "conversations.turn")):
         errors.update(OLLAMA_ERRORS)
     for code, text in errors.items():
         responses.setdefault(code, _problem(text))

@@ -9,6 +9,7 @@ from flask_cors import CORS
 
 from .config import Config
 from .observability.metrics import CountedInFlight, UpstreamHooks
+from .security.key_store import key_ring
 from .security.keys import KeyRing
 from .security.slots import InFlight, MemorySlots, slots_for
 from .upstream.client import OllamaClient
@@ -42,11 +43,13 @@ class Gateway:
     documents: Documents = None
     context_lengths: ContextLengths = None  # a model's context length, from /api/show
     retention: Retention | None = None  # CONVERSATION_RETENTION_DAYS's hourly purge
+    budgets: object = None  # security.budgets.Budgets: tokens per minute, day and month per key
 
     @classmethod
     def build(cls, config: Config) -> Gateway:
         """Create the upstream router and clients, the request schemas (bound to the config's limits), the keys,
         the limits and the usage store."""
+        from .security.budgets import Budgets
         from .security.rate_limits import RateLimits
 
         schemas = {name: request_schema(schema, config)
@@ -61,16 +64,18 @@ class Gateway:
                         refresh_seconds=config.upstream_refresh_seconds, retries=config.upstream_retries,
                         failures=config.upstream_failures, cooldown=config.upstream_cooldown_seconds,
                         health_timeout=config.health_timeout)
-        gateway = cls(config, router, schemas, KeyRing(config.api_key, config.api_keys_file, config.api_key_scopes),
-                      UsageStore(config.database_url, config.usage_flush_seconds), slots)
+        database = Database(config.database_url)  # shared by the services and KEYS_STORE=database
+        usage = UsageStore(config.database_url, config.usage_flush_seconds, key_labels=config.metrics_key_labels)
+        gateway = cls(config, router, schemas, key_ring(config, database), usage, slots)
         gateway.limits = RateLimits(gateway)
-        gateway.database = Database(config.database_url)
+        gateway.database = database
         gateway.conversations = Conversations(gateway.database)
         gateway.documents = Documents(gateway.database)
         gateway.context_lengths = ContextLengths(lambda model: router.fetch("POST", "/api/show", {"model": model},
                                                                             model=model))
         if config.conversation_retention_days:
             gateway.retention = Retention(gateway.conversations.purge, config.conversation_retention_days).start()
+        gateway.budgets = Budgets(gateway)  # after the database: without Redis, the token windows live there
         router.start()
         return gateway
 
@@ -80,6 +85,8 @@ class Gateway:
         self.usage.close()
         if self.retention is not None:
             self.retention.close()
+        if self.budgets is not None:
+            self.budgets.close()  # before the database: it writes its pending counts there
         self.database.close()
         self.slots.close()
 

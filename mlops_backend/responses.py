@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from marshmallow import INCLUDE, Schema, fields, validate
 
-from .schemas import ToolCall
+from .schemas import KeyBudget, KeyLimits, ToolCall
 
 
 class Statistics(Schema):
@@ -288,3 +288,63 @@ class Document(Schema):
 class DocumentList(Schema):
     documents = fields.List(fields.Nested(Document), metadata={"description": "Newest first"})
     next_cursor = fields.String(metadata={"description": "Present when the page is full: pass as ?cursor="})
+
+
+class UsageDailyRow(Schema):
+    """Usage of one UTC day: per key and model, or summed as `group` says (GET /api/usage?since=...)."""
+
+    date = fields.String(metadata={"description": "The UTC day, YYYY-MM-DD", "example": "2026-12-01"})
+    key_name = fields.String(metadata={"description": "Absent with group=day and group=model",
+                                       "example": "web-frontend"})
+    model = fields.String(metadata={"description": "Absent with group=day and group=key; empty for requests that "
+                                                   "name no model", "example": "llama3.2:latest"})
+    requests = fields.Integer()
+    prompt_tokens = fields.Integer(metadata={"description": "Sum of Ollama's prompt_eval_count"})
+    completion_tokens = fields.Integer(metadata={"description": "Sum of Ollama's eval_count"})
+    errors = fields.Integer(metadata={"description": "Requests answered with 4xx/5xx or ended by an error event"})
+
+
+class UsageDailyResponse(Schema):
+    usage = fields.List(fields.Nested(UsageDailyRow), metadata={"description": "In order of date, then key and model"})
+
+
+class ApiKeyInfo(Schema):
+    """A named key's settings and state, as an admin sees them: never the key, nor its hash."""
+
+    name = fields.String(metadata={"example": "web-frontend"})
+    scopes = fields.List(fields.String(), metadata={"example": ["use"]})
+    models = fields.List(fields.String(), allow_none=True, metadata={"description": "null: every model"})
+    limits = fields.Nested(KeyLimits, metadata={"description": "Its own limits; null: the gateway's default"})
+    budget = fields.Nested(KeyBudget, metadata={"description": "Its own budget; null: the gateway's default"})
+    expires_at = fields.DateTime(allow_none=True, metadata={"description": "null: never"})
+    expired = fields.Boolean(metadata={"description": "The expiry has passed: the key gets 401"})
+    disabled = fields.Boolean(metadata={"description": "Disabled by an admin: the key gets 401"})
+    created_at = fields.DateTime()
+    updated_at = fields.DateTime()
+    rotation_grace_until = fields.DateTime(allow_none=True, metadata={
+        "description": "After a rotation with grace: until when the previous key still works; else null"})
+
+
+class ApiKeyList(Schema):
+    keys = fields.List(fields.Nested(ApiKeyInfo), metadata={"description": "Oldest first"})
+
+
+class CreatedApiKey(ApiKeyInfo):
+    """A key just created or rotated: the only answer that ever holds the key."""
+
+    key = fields.String(metadata={"description": "The key: store it now, it is never shown again",
+                                  "example": "mlk_3q0Jc9..."})
+
+
+class OwnApiKey(Schema):
+    """The calling key as it applies now: its limits and budget in force (0: unlimited), and what it has left."""
+
+    name = fields.String(metadata={"example": "web-frontend"})
+    scopes = fields.List(fields.String(), metadata={"example": ["use"]})
+    models = fields.List(fields.String(), allow_none=True, metadata={"description": "null: every model"})
+    limits = fields.Nested(KeyLimits, metadata={"description": "In force: its own, else the gateway's default"})
+    budget = fields.Nested(KeyBudget, metadata={"description": "In force: its own, else the gateway's default"})
+    expires_at = fields.DateTime(allow_none=True, metadata={"description": "null: never"})
+    remaining = fields.Dict(keys=fields.String(), values=fields.Integer(allow_none=True), metadata={
+        "description": "Tokens left per budget window (minute, day, month); null: unlimited",
+        "example": {"minute": 199000, "day": 4980000, "month": None}})

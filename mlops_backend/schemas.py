@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import binascii
+import datetime
 import re
 
 from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
@@ -328,3 +329,82 @@ def request_schema(schema_class, config) -> Schema:
     if config.allow_unknown_options and "options" in schema.fields:
         schema.fields["options"].unknown = INCLUDE
     return schema
+
+
+#: As security/keys.py has them (schemas sit below security): a key's scopes, and what a key's name may be.
+KEY_SCOPES = ("use", "admin", "cloud")
+KEY_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+RESERVED_KEY_NAMES = ("default", "anonymous")
+_COUNT = {"description": "null (or absent): the gateway's default; 0: unlimited"}
+_STRICT_BOOLEAN = {"truthy": {True}, "falsy": {False}}
+
+
+class KeyLimits(Schema):
+    """A key's rate limits: requests per minute, generations in flight, tokens per minute."""
+
+    class Meta:
+        unknown = RAISE
+
+    requests_per_minute = StrictInteger(allow_none=True, validate=validate.Range(min=0),
+                                        metadata={**_COUNT, "example": 120})
+    concurrent_streams = StrictInteger(allow_none=True, validate=validate.Range(min=0),
+                                       metadata={**_COUNT, "example": 4})
+    tokens_per_minute = StrictInteger(allow_none=True, validate=validate.Range(min=0),
+                                      metadata={**_COUNT, "example": 200000})
+
+
+class KeyBudget(Schema):
+    """A key's token budget (prompt + completion tokens) per UTC day and calendar month."""
+
+    class Meta:
+        unknown = RAISE
+
+    tokens_per_day = StrictInteger(allow_none=True, validate=validate.Range(min=0),
+                                   metadata={**_COUNT, "example": 5000000})
+    tokens_per_month = StrictInteger(allow_none=True, validate=validate.Range(min=0),
+                                     metadata={**_COUNT, "example": 100000000})
+
+
+class KeyUpdate(Schema):
+    """Body of PATCH /api/keys/<name>: only the fields given change (in limits and budget, only the ones given)."""
+
+    class Meta:
+        unknown = RAISE
+
+    scopes = fields.List(fields.String(validate=validate.OneOf(KEY_SCOPES)), validate=validate.Length(min=1),
+                         metadata={"description": "use, admin, cloud (cloud only beside use or admin)",
+                                   "example": ["use"]})
+    models = fields.List(fields.String(validate=validate.Length(min=1, max=256)), allow_none=True,
+                         validate=validate.Length(min=1),
+                         metadata={"description": "The models it may use; null: every model", "example": ["llama3.2"]})
+    limits = fields.Nested(KeyLimits, allow_none=True, metadata={"description": "null: every limit the default"})
+    budget = fields.Nested(KeyBudget, allow_none=True, metadata={"description": "null: the default budget"})
+    expires_at = fields.AwareDateTime(allow_none=True, default_timezone=datetime.timezone.utc, metadata={
+        "description": "ISO-8601 (UTC unless it has an offset); from then on the key gets 401. null: never",
+        "example": "2026-12-31T00:00:00Z"})
+    disabled = fields.Boolean(**_STRICT_BOOLEAN, metadata={"description": "true: the key gets 401 until enabled"})
+
+    @validates_schema
+    def _cloud_beside_use_or_admin(self, data, **kwargs):
+        if data.get("scopes") and set(data["scopes"]) == {"cloud"}:
+            raise ValidationError("cloud adds to use or admin; give one of them too.", "scopes")
+
+
+class KeyCreate(KeyUpdate):
+    """Body of POST /api/keys."""
+
+    name = fields.String(required=True, validate=[
+        validate.Regexp(KEY_NAME, error="1-64 letters, digits, '.', '_' or '-', starting with a letter or digit."),
+        validate.NoneOf(RESERVED_KEY_NAMES, error="This name is reserved.")], metadata={"example": "web-frontend"})
+    scopes = fields.List(fields.String(validate=validate.OneOf(KEY_SCOPES)), required=True,
+                         validate=validate.Length(min=1), metadata=KeyUpdate._declared_fields["scopes"].metadata)
+
+
+class KeyRotate(Schema):
+    """Body of POST /api/keys/<name>/rotate (optional)."""
+
+    class Meta:
+        unknown = RAISE
+
+    grace_seconds = StrictInteger(load_default=0, validate=validate.Range(min=0, max=31_536_000), metadata={
+        "description": "How long the old key keeps working (at most a year); 0: it stops at once", "example": 300})

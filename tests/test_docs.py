@@ -78,6 +78,13 @@ def test_security_scheme_and_public_routes(client):
     assert {"ApiKeyAuth": []} in document["security"]
     assert document["paths"]["/health"]["get"]["security"] == []
     assert "security" not in document["paths"]["/api/llm/models"]["get"]
+    # Every keyed route is documented with the key and its 401, the services' and key management's included.
+    for path, method in [("/api/llm/conversations", "post"), ("/api/llm/conversations/{conversation_id}", "get"),
+                         ("/api/llm/conversations/{conversation_id}/messages", "post"),
+                         ("/api/llm/documents", "post"), ("/api/keys", "get"), ("/api/key", "get")]:
+        operation = document["paths"][path][method]
+        assert "security" not in operation and "401" in operation["responses"], (path, method)
+    assert "404" in document["paths"]["/api/llm/conversations/{conversation_id}/messages"]["post"]["responses"]
 
 
 def test_errors_examples_and_stream_are_described(client):

@@ -33,7 +33,8 @@ def presented_key() -> str | None:
 
 
 def identify(gateway) -> ApiKey | None:
-    """Return the request's key (looked up once per request), or None for a missing or unknown key."""
+    """Return the request's key (looked up once per request), or None for a missing, unknown, expired or
+    disabled key."""
     key = g.get("api_key", _UNSET)
     if key is _UNSET:
         if not gateway.config.auth_enabled:
@@ -41,8 +42,23 @@ def identify(gateway) -> ApiKey | None:
         else:
             token = presented_key()
             key = gateway.keys.identify(token) if token else None
+            refusal = refused(key)
+            if refusal:
+                # Counted as a wrong key (AUTH_FAILURES_PER_MINUTE); authenticate() says why.
+                g.key_refusal, key = refusal, None
         g.api_key = key
     return key
+
+
+def refused(key: ApiKey | None) -> str | None:
+    """Why a known key may not be used now (disabled, expired), or None."""
+    if key is None:
+        return None
+    if key.disabled:
+        return "The API key is disabled"
+    if key.expired():
+        return "The API key has expired"
+    return None
 
 
 def authenticate(gateway) -> ApiKey:
@@ -52,7 +68,7 @@ def authenticate(gateway) -> ApiKey:
     key = identify(gateway)
     if key is None:
         detail = "Send the API key in X-API-Key or Authorization: Bearer" if presented_key() is None \
-            else "The API key is not valid"
+            else g.get("key_refusal") or "The API key is not valid"
         raise ApiError(401, "Unauthorized", detail, slug="unauthorized", headers={"WWW-Authenticate": CHALLENGE})
     return key
 

@@ -92,3 +92,49 @@ responses = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Index("responses_by_conversation", "key_name", "conversation", "created_at"),
 )
+
+
+#: Named keys when KEYS_STORE=database (security/key_store.py): hashed as in the keys file, never the key.
+#: `previous_sha256` keeps working until `previous_until` after a rotation with grace.
+api_keys = sa.Table(
+    "api_keys", metadata,
+    sa.Column("name", sa.String(KEY_CHARS), primary_key=True),
+    sa.Column("sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("previous_sha256", sa.String(64)),
+    sa.Column("previous_until", sa.Float),
+    sa.Column("scopes", sa.JSON, nullable=False),
+    sa.Column("models", sa.JSON),
+    sa.Column("limits", sa.JSON),
+    sa.Column("budget", sa.JSON),
+    sa.Column("expires_at", sa.Float),
+    sa.Column("disabled", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+#: One row, its `version` raised by every change to api_keys: workers poll it (about once a second) to
+#: know when to reload the keys, without a database read per request.
+key_store_version = sa.Table(
+    "key_store_version", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("version", sa.BigInteger, nullable=False),
+)
+
+#: Usage per UTC day, key and model (beside the running totals in `usage`).
+usage_daily = sa.Table(
+    "usage_daily", metadata,
+    sa.Column("date", sa.String(10), primary_key=True),  # YYYY-MM-DD, UTC
+    sa.Column("key_name", sa.String(KEY_CHARS), primary_key=True),
+    sa.Column("model", sa.String(MODEL_CHARS), primary_key=True),
+    *(sa.Column(field, sa.BigInteger, nullable=False, default=0) for field in USAGE_FIELDS),
+)
+
+#: Tokens spent per key and budget window, when no Redis is configured (security/budgets.py): `window` is
+#: "minute:<unix minute>", "day:YYYY-MM-DD" or "month:YYYY-MM" (UTC).
+token_windows = sa.Table(
+    "token_windows", metadata,
+    sa.Column("key_name", sa.String(KEY_CHARS), primary_key=True),
+    sa.Column("window", sa.String(24), primary_key=True),
+    sa.Column("tokens", sa.BigInteger, nullable=False, default=0),
+    sa.Column("expires_at", sa.Float, nullable=False),
+)
