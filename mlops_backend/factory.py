@@ -19,7 +19,8 @@ CORS_HEADERS = ["Content-Type", "Content-Encoding", "X-API-Key", "Authorization"
                 # What the openai and anthropic SDKs send from a browser (dangerouslyAllowBrowser).
                 "anthropic-version", "anthropic-beta", "anthropic-dangerous-direct-browser-access", r"x-stainless-[a-z-]+"]
 EXPOSED_HEADERS = ["X-Request-ID", "Retry-After", "WWW-Authenticate", "RateLimit-Limit", "RateLimit-Remaining",
-                   "RateLimit-Reset"]
+                   "RateLimit-Reset", "X-Budget-Remaining-Minute", "X-Budget-Remaining-Day", "X-Budget-Remaining-Month",
+                   "X-Trimmed-Messages"]
 
 
 def create_app(config: Config | dict | None = None) -> Flask:
@@ -95,11 +96,12 @@ def register_rate_limits(app: Flask) -> None:
 
 def register_commands(app: Flask) -> None:
     """`flask keys create|list|revoke`, `flask db upgrade`, `flask conversations purge`."""
-    from .cli import conversations_command, db_command, keys_command
+    from .cli import conversations_command, db_command, keys_command, usage_command
 
     app.cli.add_command(keys_command)
     app.cli.add_command(db_command)
     app.cli.add_command(conversations_command)
+    app.cli.add_command(usage_command)
 
 
 def register_cors(app: Flask, config: Config) -> None:
@@ -109,7 +111,7 @@ def register_cors(app: Flask, config: Config) -> None:
 
 def _cors_options(config: Config) -> dict:
     return {"origins": list(config.allowed_origins), "allow_headers": CORS_HEADERS,
-            "expose_headers": EXPOSED_HEADERS, "methods": ["GET", "POST", "DELETE", "OPTIONS"], "max_age": 600}
+            "expose_headers": EXPOSED_HEADERS, "methods": ["GET", "POST", "PATCH", "DELETE", "OPTIONS"], "max_age": 600}
 
 
 def register_docs(app: Flask) -> None:

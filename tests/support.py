@@ -20,7 +20,8 @@ AUTH = {"X-API-Key": API_KEY}
 CONFIG_VARIABLES = ("OLLAMA_", "API_KEY", "AUTH_ENABLED", "HOST", "PORT", "DEBUG", "ALLOWED_ORIGINS", "DEFAULT_MODEL",
                     "MAX_BODY_BYTES", "LOG_", "SSE_", "STREAM_", "ALLOW_UNKNOWN", "WEB_CONCURRENCY", "GUNICORN_",
                     "RATE_LIMIT", "DATABASE_URL", "USAGE_", "METRICS_", "PROMETHEUS_", "MAX_", "EMBED_", "MLOPS_",
-                    "AUTH_", "STREAMS_", "SLOT_", "FORWARDED_", "OPEN_UPSTREAM")
+                    "AUTH_", "STREAMS_", "SLOT_", "FORWARDED_", "OPEN_UPSTREAM", "TOKENS_", "KEYS_STORE", "DOCUMENT_",
+                    "CONVERSATION_", "RESPONSES_")
 
 
 def free_port() -> int:

@@ -59,6 +59,9 @@ class RateLimits:
                                       exempt_when=self.not_guessing, deduct_when=_unauthorized,
                                       error_message=self.failure_refusal)(blueprint)
         app.after_request(self.add_headers)
+        # Token budgets (security/budgets.py) run after the blueprints' key checks, beside these limits.
+        if self.gateway.budgets is not None:
+            self.gateway.budgets.init_app(app, blueprints)
 
     def caller(self) -> str:
         """Whose budget a request spends: its key's name; the client address when auth is off."""
