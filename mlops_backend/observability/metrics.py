@@ -30,6 +30,10 @@ TOKENS_RELAYED = Counter("mlops_tokens_relayed_total", "Upstream chunks (NDJSON 
                          "statistics line) relayed in streams", ["route"])
 TOKENS = Counter("mlops_llm_tokens_total", "Tokens Ollama counted (prompt_eval_count, eval_count), by model",
                  ["model", "type"])
+# By the key's name (never the key), not by model too: one series per key and type, as keys can be many
+# (METRICS_KEY_LABELS=false: key="", which Prometheus stores as no label, for thousands of keys).
+KEY_TOKENS = Counter("mlops_key_tokens_total", "Tokens Ollama counted for the LLM routes, by key name and type",
+                     ["key", "type"])
 ACTIVE_STREAMS = Gauge("mlops_active_streams", "Streams open now", multiprocess_mode="livesum")
 UPSTREAM_ERRORS = Counter("mlops_upstream_errors_total", "Ollama failures, by kind", ["kind"])
 RATE_LIMITED = Counter("mlops_rate_limited_total", "Requests refused with 429, by limit", ["limit"])
@@ -91,6 +95,14 @@ def exposition(accept: str | None) -> tuple[bytes, str]:
         registry = REGISTRY
     encoder, content_type = choose_encoder(accept)
     return encoder(registry), content_type
+
+
+def count_key_tokens(key_name: str, prompt_tokens: int, completion_tokens: int) -> None:
+    """Add one request's tokens to its key's counter (usage.UsageStore.add calls it, so both agree)."""
+    if prompt_tokens:
+        KEY_TOKENS.labels(key_name, "prompt").inc(prompt_tokens)
+    if completion_tokens:
+        KEY_TOKENS.labels(key_name, "completion").inc(completion_tokens)
 
 
 def record(observation) -> None:
