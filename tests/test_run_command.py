@@ -39,7 +39,7 @@ def test_serve_script_creates_a_key_and_runs_the_service(tmp_path, double):
             try:
                 if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or the worker still importing the app
                 time.sleep(0.5)
         dotenv = (checkout / ".env").read_text()
         key = next(line.split("=", 1)[1] for line in dotenv.splitlines() if line.startswith("API_KEY="))

@@ -8,7 +8,6 @@ from ..errors import ApiError, register_error_handlers
 from ..extensions import current_gateway
 from ..security import multipart
 from ..security.auth import authenticate
-from ..services import extract
 from ..services.offload import run_blocking
 from .common import guard
 from .services import owner, page_of, service_errors
@@ -20,9 +19,9 @@ service_errors(bp)
 
 ROOT = "/api/llm/documents"
 #: What each extraction failure is, for the client: the type is not one we read, the file is broken, or too big.
-STATUSES = {extract.UnsupportedType: (415, "Unsupported Media Type", "unsupported-document"),
-            extract.UnreadableDocument: (422, "Unprocessable Entity", "unreadable-document"),
-            extract.DocumentTooLarge: (413, "Request Entity Too Large", "document-too-large")}
+STATUSES = {"UnsupportedType": (415, "Unsupported Media Type", "unsupported-document"),
+            "UnreadableDocument": (422, "Unprocessable Entity", "unreadable-document"),
+            "DocumentTooLarge": (413, "Request Entity Too Large", "document-too-large")}
 
 
 @bp.post(ROOT)
@@ -51,6 +50,8 @@ def upload():
           application/json:
             schema: Document
     """
+    from ..services import extract  # pypdf, python-docx and lxml load with the first upload, not the worker
+
     gateway = current_gateway()
     config = gateway.config
     _, upload = multipart.read_form(config.max_document_bytes, "MAX_DOCUMENT_BYTES", (), "document")
@@ -58,7 +59,7 @@ def upload():
     try:
         extracted = run_blocking(extract.extract, upload.data, upload.filename, upload.media_type, limits)
     except extract.DocumentError as error:
-        status, title, slug = STATUSES.get(type(error), (422, "Unprocessable Entity", "unreadable-document"))
+        status, title, slug = STATUSES.get(type(error).__name__, STATUSES["UnreadableDocument"])
         raise ApiError(status, title, str(error), slug=slug) from None
     return gateway.documents.add(authenticate(gateway).name, upload.filename, extracted), 201
 

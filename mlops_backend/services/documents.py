@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from ..storage.tables import documents as table
-from . import extract, listing
+from . import listing
 
 METADATA = ("id", "filename", "media_type", "pages", "characters", "created_at")
 
@@ -20,8 +20,8 @@ class Documents:
     def __init__(self, database):
         self._database = database
 
-    def add(self, key_name: str, filename: str, extracted: extract.Extracted) -> dict:
-        """Store an extracted document; returns its metadata."""
+    def add(self, key_name: str, filename: str, extracted) -> dict:
+        """Store an extracted document (an extract.Extracted); returns its metadata."""
         row = {"id": listing.new_id("doc"), "key_name": key_name, "filename": filename[:255],
                "media_type": extracted.media_type, "pages": extracted.pages, "characters": len(extracted.text),
                "text": extracted.text, "created_at": listing.now()}

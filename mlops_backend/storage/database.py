@@ -16,10 +16,6 @@ import os
 from pathlib import Path
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 
@@ -54,8 +50,14 @@ def _sqlite_foreign_keys(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-def alembic_config(connection=None) -> AlembicConfig:
+# Alembic is imported where it is used: it takes most of a second to import, and a worker that finds its
+# database up to date needs only MigrationContext (gunicorn queues the first requests behind the import).
+
+
+def alembic_config(connection=None):
     """Alembic's configuration for our migrations, on `connection` (no alembic.ini needed)."""
+    from alembic.config import Config as AlembicConfig
+
     config = AlembicConfig()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
@@ -64,11 +66,15 @@ def alembic_config(connection=None) -> AlembicConfig:
 
 def head() -> str:
     """The newest revision the code knows."""
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 def current(engine: sa.Engine) -> str | None:
     """The revision the database is at (None: never migrated)."""
+    from alembic.runtime.migration import MigrationContext
+
     with engine.connect() as connection:
         return MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE}).get_current_revision()
 
@@ -77,6 +83,8 @@ def upgrade(engine: sa.Engine, revision: str = "head") -> None:
     """Apply every migration the database lacks, once, whichever worker or instance gets there first."""
     if revision == "head" and current(engine) == head():
         return
+    from alembic import command
+
     with engine.connect() as connection, _migration_lock(engine, connection):
         command.upgrade(alembic_config(connection), revision)
         connection.commit()
