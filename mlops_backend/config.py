@@ -88,6 +88,13 @@ def _storage_uri(name, raw):
     return value
 
 
+def _cache_url(name, raw):
+    value = raw.strip()
+    if value and urlsplit(value).scheme not in ("memory", "redis", "rediss", "redis+unix"):
+        raise ConfigError(f"{name}={raw!r} is not memory://, redis://, rediss:// or redis+unix:// (or empty: off)")
+    return value
+
+
 def _scopes(name, raw):
     from .security.keys import SCOPES, ScopeError, check_scopes
 
@@ -211,6 +218,31 @@ class Config:
     responses_store: bool = _setting(
         "RESPONSES_STORE", "true", _boolean,
         "Store /v1/responses answers (store: true, OpenAI's default) so previous_response_id works",
+    )
+    cache_url: str = _setting(
+        "CACHE_URL", "", _cache_url,
+        "The response cache: memory:// (per worker) or redis://host:6379/0 (shared); empty: no cache",
+    )
+    cache_mode: str = _setting(
+        "CACHE_MODE", "deterministic", _choice("deterministic", "all"),
+        "deterministic: cache only requests meant to repeat (temperature 0, or a seed with top_k 1); all: every one",
+    )
+    cache_scope: str = _setting(
+        "CACHE_SCOPE", "key", _choice("key", "global"),
+        "key: each API key has its own cached answers; global: keys share them",
+    )
+    cache_ttl_seconds: float = _setting(
+        "CACHE_TTL_SECONDS", "3600", _number(float, 1), "How long a cached answer is kept",
+    )
+    cache_max_mb: float = _setting(
+        "CACHE_MAX_MB", "64", _number(float, 0), "memory:// only: each worker's cache size, least recently used out",
+    )
+    cache_max_entry_kb: float = _setting(
+        "CACHE_MAX_ENTRY_KB", "256", _number(float, 0), "Answers bigger than this are not cached",
+    )
+    cache_digest_seconds: float = _setting(
+        "CACHE_DIGEST_SECONDS", "10", _number(float, 0),
+        "How often the cache re-reads the models' digests from /api/tags (a re-pulled model then misses)",
     )
     ollama_version_public: bool = _setting(
         "OLLAMA_VERSION_PUBLIC", "true", _boolean,

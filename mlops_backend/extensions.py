@@ -44,6 +44,7 @@ class Gateway:
     context_lengths: ContextLengths = None  # a model's context length, from /api/show
     retention: Retention | None = None  # CONVERSATION_RETENTION_DAYS's hourly purge
     budgets: object = None  # security.budgets.Budgets: tokens per minute, day and month per key
+    cache: object = None  # services.cache.Cache (CACHE_URL), built on first use; False: no cache
 
     @classmethod
     def build(cls, config: Config) -> Gateway:

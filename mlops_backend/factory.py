@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from functools import partial
 
 from flask import Flask
@@ -20,7 +21,7 @@ CORS_HEADERS = ["Content-Type", "Content-Encoding", "X-API-Key", "Authorization"
                 "anthropic-version", "anthropic-beta", "anthropic-dangerous-direct-browser-access", r"x-stainless-[a-z-]+"]
 EXPOSED_HEADERS = ["X-Request-ID", "Retry-After", "WWW-Authenticate", "RateLimit-Limit", "RateLimit-Remaining",
                    "RateLimit-Reset", "X-Budget-Remaining-Minute", "X-Budget-Remaining-Day", "X-Budget-Remaining-Month",
-                   "X-Trimmed-Messages"]
+                   "X-Trimmed-Messages", "Server-Timing"]
 
 
 def create_app(config: Config | dict | None = None) -> Flask:
@@ -34,6 +35,7 @@ def create_app(config: Config | dict | None = None) -> Flask:
     register_gateway(app, config)
     register_request_hooks(app)
     register_rate_limits(app)
+    register_tracing(app)
     register_commands(app)
     register_error_handlers(app, render=by_path)
     register_cors(app, config)
@@ -52,6 +54,7 @@ def init_gateway(app: Flask, url_prefix: str = "", config: Config | dict | None 
     register_gateway(app, config, url_prefix)
     register_request_hooks(app, scoped=True)
     register_rate_limits(app)
+    register_tracing(app, scoped=True)
     prefix = url_prefix.rstrip("/")
     cors.init_app(app, resources={rf"{prefix}/{part}/*": _cors_options(config) for part in ("api", "ollama", "v1")})
     warn_about_config(config)
@@ -81,6 +84,7 @@ def register_request_hooks(app: Flask, scoped: bool = False) -> None:
     from .blueprints import BLUEPRINTS
 
     complete = partial(observe.complete, app.extensions[KEY])
+    app.extensions[KEY].upstreams.on_call = observe.upstream_call  # their waits on Ollama: Server-Timing
     for key in [bp.name for bp in BLUEPRINTS] if scoped else [None]:
         # Ours run first, so even a 401 from the key check carries the id and is observed.
         app.before_request_funcs.setdefault(key, [])[0:0] = [assign_request_id, observe.begin]
@@ -92,6 +96,23 @@ def register_rate_limits(app: Flask) -> None:
     from .blueprints import LIMITED
 
     app.extensions[KEY].limits.init_app(app, LIMITED)
+
+
+#: Either variable turns traces on (the OpenTelemetry SDK reads them, and the other OTEL_* ones, itself).
+OTLP_ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+
+
+def register_tracing(app: Flask, scoped: bool = False) -> None:
+    """Send OpenTelemetry traces over OTLP/HTTP when an endpoint is set; else import nothing of it."""
+    enabled = any(os.environ.get(name) for name in OTLP_ENDPOINTS)
+    if not enabled or os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return
+    from .blueprints import BLUEPRINTS
+    from .observability.tracing import init_tracing
+
+    # After the rate limits, so its spans wrap their hooks too; gunicorn builds the app in each worker
+    # (preload_app = False), so each has its own exporter thread.
+    init_tracing(app, app.extensions[KEY], BLUEPRINTS, scoped)
 
 
 def register_commands(app: Flask) -> None:

@@ -21,7 +21,7 @@ CONFIG_VARIABLES = ("OLLAMA_", "API_KEY", "AUTH_ENABLED", "HOST", "PORT", "DEBUG
                     "MAX_BODY_BYTES", "LOG_", "SSE_", "STREAM_", "ALLOW_UNKNOWN", "WEB_CONCURRENCY", "GUNICORN_",
                     "RATE_LIMIT", "DATABASE_URL", "USAGE_", "METRICS_", "PROMETHEUS_", "MAX_", "EMBED_", "MLOPS_",
                     "AUTH_", "STREAMS_", "SLOT_", "FORWARDED_", "OPEN_UPSTREAM", "TOKENS_", "KEYS_STORE", "DOCUMENT_",
-                    "CONVERSATION_", "RESPONSES_")
+                    "CONVERSATION_", "RESPONSES_", "CACHE_", "OTEL_")
 
 
 def free_port() -> int:

@@ -145,6 +145,7 @@ def test_load_spreads_by_in_flight_per_max_parallel(boxes, fresh, tmp_path, star
     counts = (served(fresh["a"]), served(fresh["c"]))
     for stream in streams:
         assert sse_events(stream)[-1]["done"] is True
+        stream.close()  # its socket, or GC closes it inside a later test as a ResourceWarning
     print(f"\n8 streams, max_parallel a=1 c=3: a {counts[0]}, c {counts[1]}")
     assert counts == (2, 6)
 
@@ -159,6 +160,7 @@ def test_an_upstream_killed_mid_run(gw, fresh):
     assert next(value for _, kind, value in items if kind == "data") == {"text": "x"}
     b.stop()
     rest = [value for _, kind, value in items if kind == "data"]
+    stream.close()
     assert rest[-1]["done"] is True and rest[-1]["error"]["status"] == 502
     assert sum("error" in event for event in rest) == 1
     statuses = [generate(gw).status_code for _ in range(20)]

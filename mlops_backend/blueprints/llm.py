@@ -9,7 +9,8 @@ from ..errors import ApiError, register_error_handlers
 from ..extensions import current_gateway
 from ..observability import observe
 from ..security.auth import authenticate
-from ..streaming import sse
+from ..services import cache as response_cache
+from ..streaming import cached, sse
 from ..upstream.conversations import SESSION_HEADER, session_key
 from .common import guard, json_body, use_model
 from .services import document_messages, service_errors
@@ -74,6 +75,26 @@ def route(body: dict) -> dict:
             "note": observe.current().served_by}
 
 
+def lookup(path: str, body: dict) -> response_cache.Lookup:
+    """The request's dealings with the response cache (services/cache.py); NONE when there is none."""
+    gateway = current_gateway()
+    if gateway.cache is False:
+        return response_cache.NONE
+    return response_cache.lookup(gateway, path, body, authenticate(gateway).name, request.headers.get("Cache-Control"))
+
+
+def whole(path: str, body: dict, fields: tuple):
+    """A whole generate or chat answer: from the cache when it has it, else from Ollama (then kept if asked)."""
+    found = lookup(path, body)
+    if found.hit:
+        cached.hit(observe.current(), found.entry)
+        return pick(response_cache.ollama_whole(found.entry, path == "/api/chat"), fields), 200, found.headers()
+    result = generation(path, body)
+    if found.storing:
+        found.store(response_cache.from_ollama(result))
+    return pick(result, fields), 200, found.headers()
+
+
 def generation(path: str, body: dict) -> dict:
     """Run a whole generation, holding one of the key's slots for generations in flight."""
     gateway = current_gateway()
@@ -99,7 +120,7 @@ def generate():
           application/json:
             schema: GenerateResponse
     """
-    return pick(generation("/api/generate", payload("generate")), GENERATE_FIELDS)
+    return whole("/api/generate", payload("generate"), GENERATE_FIELDS)
 
 
 @bp.post("/api/llm/stream")
@@ -138,10 +159,20 @@ def relay(path: str, body: dict, **framing):
     gateway = current_gateway()
     config = gateway.config
     observation = observe.current()
+    found = response_cache.NONE if framing else lookup(path, body)
+    if found.hit:
+        cached.hit(observation, found.entry)
+        events = b"".join(sse.event(item) for item in response_cache.sse_events(found.entry))
+        return cached.replay(events, sse.CONTENT_TYPE, {**sse.HEADERS, **found.headers()})
     observation.on_finish.append(gateway.limits.acquire_slot(authenticate(gateway)))
     raw = json.dumps({"stream": True, **body}).encode()
-    return sse.stream_response(lambda: gateway.upstreams.open("POST", path, raw, **route(body)), config, observation,
-                               **framing)
+    response = sse.stream_response(lambda: gateway.upstreams.open("POST", path, raw, **route(body)), config,
+                                   observation, **framing)
+    if found.storing:
+        response.response = cached.tap(response.response, found, observation, cached.sse_records, "sse_event",
+                                       body["model"])
+    response.headers.update(found.headers())
+    return response
 
 
 @bp.post("/api/llm/chat")
@@ -163,7 +194,7 @@ def chat():
           application/json:
             schema: ChatResponse
     """
-    return pick(generation("/api/chat", payload("chat")), CHAT_FIELDS)
+    return whole("/api/chat", payload("chat"), CHAT_FIELDS)
 
 
 @bp.post("/api/llm/chat/stream")

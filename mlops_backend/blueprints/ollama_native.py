@@ -7,11 +7,14 @@ lists are relayed, each for the scope it names; every other route answers 403.
 
 from __future__ import annotations
 
+import json
 import re
 
-from flask import Blueprint, request
+from flask import Blueprint, Response, request
 
-from ..streaming import passthrough
+from ..observability import observe
+from ..services import cache as response_cache
+from ..streaming import cached, passthrough
 from ..security.request_body import read_body
 from ..security.auth import authenticate, permit_body, presented_key, require_route
 from ..errors import ApiError, ollama_error, register_error_handlers
@@ -122,10 +125,40 @@ def api(route):
     streaming = route in STREAMING_ROUTES and field(body, "stream", True) is not False
     model = next((value for value in (field(body, name) for name in ROUTING_FIELDS)
                   if isinstance(value, str) and value.strip()), None)
-    return passthrough.relay(method, "/api/" + route, raw, passthrough.OLLAMA, streaming=streaming,
-                             slot=streaming or route in GENERATION_ROUTES, keep=keep, model=model,
-                             session=session_key(request.headers.get(SESSION_HEADER), field(body, "messages")),
-                             upstream=upstream)
+    found = response_cache.NONE
+    if method == "POST" and route in CACHED_ROUTES and gateway.cache is not False:
+        found = response_cache.lookup(gateway, "/api/" + route, body, key.name, request.headers.get("Cache-Control"))
+        if found.hit:
+            return replay(found, route == "chat", streaming)
+    response = passthrough.relay(method, "/api/" + route, raw, passthrough.OLLAMA, streaming=streaming,
+                                 slot=streaming or route in GENERATION_ROUTES, keep=keep, model=model,
+                                 session=session_key(request.headers.get(SESSION_HEADER), field(body, "messages")),
+                                 upstream=upstream)
+    if found.storing and response.status_code == 200:
+        if streaming:
+            response.response = cached.tap(response.response, found, observe.current(), cached.ndjson_records,
+                                           "ollama_line", model)
+        else:
+            try:
+                found.store(response_cache.from_ollama(json.loads(response.get_data())))
+            except ValueError:
+                pass
+    response.headers.update(found.headers())
+    return response
+
+
+#: Routes whose answers the response cache keeps (CACHE_URL).
+CACHED_ROUTES = {"generate", "chat"}
+
+
+def replay(found, chat: bool, streaming: bool):
+    """A stored answer in Ollama's own shape: NDJSON lines when streamed, else one JSON object."""
+    cached.hit(observe.current(), found.entry)
+    if not streaming:
+        return Response(json.dumps(response_cache.ollama_whole(found.entry, chat)), content_type="application/json",
+                        headers=found.headers())
+    lines = b"".join(json.dumps(line).encode() + b"\n" for line in response_cache.ollama_lines(found.entry, chat))
+    return cached.replay(lines, "application/x-ndjson", {**passthrough.HEADERS, **found.headers()})
 
 
 def version():

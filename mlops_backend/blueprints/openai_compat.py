@@ -13,9 +13,11 @@ from __future__ import annotations
 import json
 from urllib.parse import quote
 
-from flask import Blueprint, request
+from flask import Blueprint, Response, request
 
-from ..streaming import passthrough
+from ..observability import observe
+from ..services import cache as response_cache
+from ..streaming import cached, passthrough
 from ..security.request_body import read_body
 from ..security.auth import authenticate, permit_body, permit_model, require_route
 from ..errors import ApiError, register_error_handlers, v1_error
@@ -73,9 +75,45 @@ def _read_post(path: str):
     return key, raw, body
 
 
+#: Routes whose answers the response cache keeps (CACHE_URL).
+CACHED_ROUTES = {"/v1/chat/completions", "/v1/completions"}
+
+
 def _relay_post(path: str, dialect=passthrough.OPENAI, headers: tuple = ()):
-    _, raw, body = _read_post(path)
-    return _send_post(path, raw, body, dialect, headers)
+    key, raw, body = _read_post(path)
+    gateway = current_gateway()
+    if path not in CACHED_ROUTES or gateway.cache is False:
+        return _send_post(path, raw, body, dialect, headers)
+    found = response_cache.lookup(gateway, path, body, key.name, request.headers.get("Cache-Control"))
+    chat, streaming = path == "/v1/chat/completions", field(body, "stream") is True
+    if found.hit:
+        return _replay(found, chat, streaming, body)
+    response = _send_post(path, raw, body, dialect, headers)
+    if found.storing and response.status_code == 200:
+        if streaming:
+            response.response = cached.tap(response.response, found, observe.current(), cached.openai_records,
+                                           "record", None, response_cache.OpenAICollector(chat))
+        else:
+            try:
+                found.store(response_cache.from_openai(json.loads(response.get_data()), chat))
+            except ValueError:
+                pass
+    response.headers.update(found.headers())
+    return response
+
+
+def _replay(found, chat: bool, streaming: bool, body: dict):
+    """A stored answer in OpenAI's shape: SSE chunks then `data: [DONE]` when streamed, else one object."""
+    cached.hit(observe.current(), found.entry)
+    if not streaming:
+        return Response(json.dumps(response_cache.openai_whole(found.entry, chat)), content_type="application/json",
+                        headers=found.headers())
+    options = field(body, "stream_options")
+    usage = isinstance(options, dict) and field(options, "include_usage") is True
+    events = b"".join(b"data: " + json.dumps(chunk).encode() + b"\n\n"
+                      for chunk in response_cache.openai_chunks(found.entry, chat, usage))
+    return cached.replay(events + b"data: [DONE]\n\n", "text/event-stream",
+                         {**passthrough.HEADERS, **found.headers()})
 
 
 def _send_post(path: str, raw: bytes, body: dict, dialect, headers: tuple = (), keep=None, rewrite=None):

@@ -126,3 +126,10 @@ def record(observation) -> None:
         UPSTREAM_REQUESTS.labels(observation.upstream, str(observation.status)).inc()
     if observation.limited:
         RATE_LIMITED.labels(observation.limited).inc()
+
+
+CACHE_REQUESTS = Counter("mlops_cache_requests_total", "Response cache lookups, by result (hit, miss, store: "
+                         "no-cache, bypass: not cacheable or the store down, too_big: answers not stored)", ["result"])
+CACHE_BYTES = Counter("mlops_cache_bytes_total", "Bytes read from and written to the response cache", ["direction"])
+CACHE_TOKENS = Counter("mlops_cache_tokens_total", "Tokens (prompt and completion) of answers served from the cache",
+                       ["type"])

@@ -3,6 +3,8 @@
 Every request gets an Observation in `before_request`; the key check, the views and the stream
 relay fill it in; `call_on_close` hands it over when the last byte has gone (for a stream, after
 its final event or the client leaving), so durations and token counts cover the whole answer.
+Every response also says where its time went so far (Server-Timing: the gateway's own part and the
+wait on Ollama, which the router's calls report through `upstream_call`).
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import time
 from functools import partial
 from types import GeneratorType
 
-from flask import g, request
+from flask import g, has_request_context, request
 from werkzeug.wsgi import ClosingIterator
 
 from . import metrics
 from ..upstream.model_names import canonical
+from ..upstream.router import NO_CALL, Call
 from .request_context import quoted
 
 access_log = logging.getLogger("mlops_backend.access")
@@ -55,6 +58,9 @@ class Observation:
     stream_failed: bool = False
     client_gone: bool = False
     limited: str | None = None
+    finish_reason: str | None = None
+    upstream_wait: float = 0.0  # seconds spent waiting on Ollama's heads and whole bodies
+    trace: object = None  # tracing.RequestTrace while OpenTelemetry traces are on
     on_finish: list = dataclasses.field(default_factory=list)
 
     def first_token(self) -> None:
@@ -65,6 +71,7 @@ class Observation:
         """Take Ollama's token counts from a final answer or a stream's final line."""
         self.tokens_in = result.get("prompt_eval_count", self.tokens_in)
         self.tokens_out = result.get("eval_count", self.tokens_out)
+        self.finish_reason = result.get("done_reason", self.finish_reason)
 
     @property
     def counted_model(self) -> str:
@@ -81,6 +88,14 @@ class Observation:
     def stream_opened(self) -> None:
         metrics.ACTIVE_STREAMS.inc()
         self.on_finish.append(metrics.ACTIVE_STREAMS.dec)
+        if self.trace is not None:
+            self.trace.relay_started(self)
+
+    def server_timing(self) -> str:
+        """The Server-Timing value so far: the wait on Ollama, and the rest (ours), in ms."""
+        upstream = self.upstream_wait * 1000
+        total = (time.monotonic() - self.started) * 1000
+        return f"gateway;dur={max(total - upstream, 0.0):.1f}, upstream;dur={upstream:.1f}"
 
     @property
     def failed(self) -> bool:
@@ -105,6 +120,24 @@ class Observation:
         return line
 
 
+class UpstreamCall(Call):
+    """A routed call of a request: its waits on Ollama add up in the request's observation."""
+
+    __slots__ = ("observation",)
+
+    def __init__(self, observation: Observation):
+        self.observation = observation
+
+    def waited(self, seconds: float) -> None:
+        self.observation.upstream_wait += seconds
+
+
+def upstream_call(method: str, path: str) -> Call:
+    """The router's on_call hook: a request's calls count towards its Server-Timing (calls outside one, none)."""
+    observation = g.get("observation") if has_request_context() else None
+    return NO_CALL if observation is None else UpstreamCall(observation)
+
+
 def current() -> Observation:
     """The current request's observation (a throwaway one outside our hooks)."""
     return g.get("observation") or Observation()
@@ -125,6 +158,8 @@ def complete(gateway, response):
     if observation is None:
         return response
     observation.status = response.status_code
+    # For a stream this goes out with the head: the time until then (the wait for Ollama's head included).
+    response.headers["Server-Timing"] = observation.server_timing()
     key = g.get("api_key")
     if key is not None:
         observation.key = key.name

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from .client import OllamaBadResponse, OllamaUnreachable
 
 
@@ -9,20 +11,27 @@ class RoutedStream:
     """A call on the best candidate, moved to the next one while nothing of an answer has arrived.
 
     It reads like an OllamaStream (wait_head, read_payload, body, interrupt, close) and holds one of
-    its upstream's in-flight counts until closed.
+    its upstream's in-flight counts until closed. The router's on_call hook sees it (router.Call): its
+    extra headers go out with it, and it hears of the upstream, the time waited on Ollama and the end.
     """
 
     __slots__ = ("_router", "_candidates", "_method", "_path", "_body", "_model", "_session", "_note",
-                 "_content_type", "_headers", "_stream", "_release", "upstream", "_error")
+                 "_content_type", "_headers", "_stream", "_release", "upstream", "_error", "_call")
 
     def __init__(self, router, candidates, method, path, body, model, session, note,
                  content_type="application/json", headers=()):
         self._router, self._candidates = router, list(candidates)
         self._method, self._path, self._body, self._model = method, path, body, model
-        self._content_type, self._headers = content_type, headers
+        self._call = router.on_call(method, path)
+        self._content_type = content_type
+        self._headers = (*headers, *self._call.headers) if self._call.headers else headers
         self._session, self._note = session, note
         self._stream = self._release = self.upstream = self._error = None
-        self._next(None)
+        try:
+            self._next(None)
+        except BaseException:
+            self._call.closed()
+            raise
 
     def _next(self, reason: str | None) -> None:
         """Open the request on the next candidate that takes a connection; raise the last error if none does."""
@@ -47,6 +56,7 @@ class RoutedStream:
                 continue
             self._stream, self.upstream = stream, upstream
             self._release = router.counter.acquire(upstream.name)
+            self._call.sent(upstream)
             if self._note is not None:
                 self._note(upstream.name)
             return
@@ -63,9 +73,9 @@ class RoutedStream:
     def wait_head(self, wait: float, raw: bool = False) -> bool:
         """Wait for the status line; a failure before any byte of an answer moves on to the next candidate."""
         while True:
+            started = time.monotonic()
             try:
-                if not self._stream.wait_head(wait, raw=True):
-                    return False
+                arrived = self._stream.wait_head(wait, raw=True)
             except OllamaBadResponse as error:
                 # The connection closed before a byte of the answer: the request may have been processed, so
                 # only a request without side effects (GET, HEAD) is sent again, to another upstream.
@@ -74,6 +84,10 @@ class RoutedStream:
                     continue
                 self._router.failed(self.upstream, "reset")
                 raise
+            finally:
+                self._call.waited(time.monotonic() - started)
+            if not arrived:
+                return False
             status = self._stream.status
             if status >= 500 and self._candidates:
                 self._next("busy" if status == 503 else "status_5xx")
@@ -91,7 +105,11 @@ class RoutedStream:
         return self._stream.read_payload(wait)
 
     def body(self) -> bytes:
-        return self._stream.body()
+        started = time.monotonic()
+        try:
+            return self._stream.body()
+        finally:
+            self._call.waited(time.monotonic() - started)
 
     def drain(self, wait: float) -> None:
         self._stream.drain(wait)
@@ -105,3 +123,4 @@ class RoutedStream:
             self._stream.close()
             self._release()
             self._release = None
+            self._call.closed()

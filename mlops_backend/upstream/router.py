@@ -92,6 +92,31 @@ class Hooks:
         """An upstream went out of rotation (up False) or came back."""
 
 
+class Call:
+    """What the app notes of one routed call; this default notes nothing. `headers` go out with it (a
+    traceparent, say); sent() names the upstream it went to, waited() the time it spent waiting on
+    Ollama's head or whole body, closed() its end. Kept generic so upstream/ knows no tracing library."""
+
+    __slots__ = ()
+    headers: tuple = ()
+
+    def sent(self, upstream: Upstream) -> None:
+        """The call went to `upstream` (the last one counts, after a failover)."""
+
+    def waited(self, seconds: float) -> None:
+        """The call waited this long on Ollama (for its head, or a whole body)."""
+
+    def closed(self) -> None:
+        """The call is over (answered, failed or abandoned)."""
+
+
+NO_CALL = Call()
+
+
+def _no_call(method: str, path: str) -> Call:
+    return NO_CALL
+
+
 class Router:
     """Route each request to an upstream, fail over before the first byte, keep the view of each fresh."""
 
@@ -111,6 +136,8 @@ class Router:
         self._last_unknown_refresh = 0.0
         self._thread = None
         self._stop = threading.Event()
+        #: on_call(method, path) -> Call: the app's view of each routed call (Server-Timing, tracing).
+        self.on_call = _no_call
         for upstream in self.upstreams:
             self.hooks.state(upstream.name, True)
 
