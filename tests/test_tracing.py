@@ -88,6 +88,7 @@ def receiver():
     server = Receiver()
     yield server
     server.server.shutdown()
+    server.server.server_close()
 
 
 @pytest.fixture(scope="module")

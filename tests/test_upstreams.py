@@ -72,11 +72,14 @@ def boxes():
 
 
 @pytest.fixture
-def fresh(boxes):
+def fresh(boxes, request):
     for double in boxes.values():
         if not double.running:
             double.start()
         double.reset()
+    if "gw" in request.fixturenames:  # an earlier test's faults may have taken one out: wait for it to return
+        gateway = request.getfixturevalue("gw")
+        wait_until(lambda: all(u["status"] == "up" for u in health(gateway).values()))
     return boxes
 
 
