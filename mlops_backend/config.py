@@ -132,6 +132,10 @@ def _database_url(name, raw):
     return value
 
 
+#: Either variable turns traces on.
+OTLP_ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+
+
 def _setting(env, default, parse, doc):
     return dataclasses.field(default=None, metadata={"env": env, "default": default, "parse": parse, "doc": doc})
 
@@ -341,6 +345,9 @@ class Config:
     )
     #: The Ollama servers (upstream.upstreams.UpstreamSpec), from the three settings above.
     upstreams: tuple = ()
+    #: OpenTelemetry traces on: an OTLP endpoint is set and OTEL_SDK_DISABLED is not true (the SDK reads
+    #: those and its other OTEL_* variables itself; see observability/tracing.py).
+    tracing: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, env_file: str | None = ".env") -> Config:
@@ -367,6 +374,8 @@ class Config:
         parsed["open_upstream_routes"] = parsed["open_upstream_routes"] or ()
         parsed["upstreams"] = _upstreams(parsed)
         parsed["stream_status_wait"] = min(parsed["stream_status_wait"], parsed["sse_heartbeat_seconds"])
+        parsed["tracing"] = (any(str(values.get(name) or "").strip() for name in OTLP_ENDPOINTS)
+                             and str(values.get("OTEL_SDK_DISABLED") or "").strip().lower() != "true")
         config = cls(**parsed)
         config.check_security()
         return config

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from functools import partial
 
 from flask import Flask
@@ -98,14 +97,9 @@ def register_rate_limits(app: Flask) -> None:
     app.extensions[KEY].limits.init_app(app, LIMITED)
 
 
-#: Either variable turns traces on (the OpenTelemetry SDK reads them, and the other OTEL_* ones, itself).
-OTLP_ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-
-
 def register_tracing(app: Flask, scoped: bool = False) -> None:
     """Send OpenTelemetry traces over OTLP/HTTP when an endpoint is set; else import nothing of it."""
-    enabled = any(os.environ.get(name) for name in OTLP_ENDPOINTS)
-    if not enabled or os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+    if not app.extensions[KEY].config.tracing:
         return
     from .blueprints import BLUEPRINTS
     from .observability.tracing import init_tracing

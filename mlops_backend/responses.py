@@ -230,6 +230,8 @@ class UsageRow(Schema):
     prompt_tokens = fields.Integer(metadata={"description": "Sum of Ollama's prompt_eval_count"})
     completion_tokens = fields.Integer(metadata={"description": "Sum of Ollama's eval_count"})
     errors = fields.Integer(metadata={"description": "Requests answered with 4xx/5xx or ended by an error event"})
+    cached_tokens = fields.Integer(metadata={"description": "Prompt and completion tokens of answers the response "
+                                                            "cache gave (X-Cache: HIT); not in the two sums above"})
 
 
 class UsageResponse(Schema):
@@ -302,6 +304,8 @@ class UsageDailyRow(Schema):
     prompt_tokens = fields.Integer(metadata={"description": "Sum of Ollama's prompt_eval_count"})
     completion_tokens = fields.Integer(metadata={"description": "Sum of Ollama's eval_count"})
     errors = fields.Integer(metadata={"description": "Requests answered with 4xx/5xx or ended by an error event"})
+    cached_tokens = fields.Integer(metadata={"description": "Prompt and completion tokens of answers the response "
+                                                            "cache gave (X-Cache: HIT); not in the two sums above"})
 
 
 class UsageDailyResponse(Schema):

@@ -8,7 +8,7 @@ import uuid
 import pytest
 import requests
 
-from tests.support import AUTH, GatewayProcess, sse_events
+from tests.support import AUTH, GatewayProcess, sse_events, wait_for_access_line
 
 GENERATIONS = ("/api/generate", "/api/chat", "/v1/chat/completions", "/v1/completions")
 TEAM, OTHER = "mlk_team-token-0123456789", "mlk_other-token-0123456789"
@@ -328,3 +328,31 @@ def test_openai_completions_and_random_ones(cached, double):
     assert "".join(c["choices"][0]["text"] for c in chunks) == first.json()["choices"][0]["text"]
     assert post(cached, "/v1/completions", {**body, "temperature": 0.7}).headers["X-Cache"] == "BYPASS"
     assert calls(double) == 2
+
+
+def usage_row(gateway, key_name: str) -> dict:
+    """Today's usage of `key_name` on llama3.2 (zeros before its first request)."""
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    rows = requests.get(gateway.url + "/api/usage", params={"since": today, "until": today}, headers=AUTH,
+                        timeout=10).json()["usage"]
+    found = [r for r in rows if r["key_name"] == key_name and r["model"] == "llama3.2:latest"]
+    return found[0] if found else {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0}
+
+
+def test_a_hit_counts_as_a_request_with_cached_tokens_and_its_line_says_so(cached, double):
+    body = {"prompt": unique(), "options": ZERO}
+    before = usage_row(cached, "team")
+    miss = post(cached, "/api/llm/generate", body)
+    hit = post(cached, "/api/llm/generate", body)
+    assert (miss.headers["X-Cache"], hit.headers["X-Cache"]) == ("MISS", "HIT")
+    spent = miss.json()["prompt_eval_count"] + miss.json()["eval_count"]
+    assert spent > 0
+    after = usage_row(cached, "team")
+    assert after["requests"] - before["requests"] == 2
+    # The miss spent its tokens on Ollama; the hit none, and its stored answer's tokens count as cached.
+    assert after["prompt_tokens"] - before["prompt_tokens"] == miss.json()["prompt_eval_count"]
+    assert after["completion_tokens"] - before["completion_tokens"] == miss.json()["eval_count"]
+    assert after["cached_tokens"] - before["cached_tokens"] == spent
+    line = wait_for_access_line(cached, hit.headers["X-Request-ID"]) + " "
+    assert " cache=HIT " in line and f" tokens_cached={spent} " in line and " tokens_out=0 " in line, line
+    assert " cache=MISS " in wait_for_access_line(cached, miss.headers["X-Request-ID"]) + " "

@@ -45,10 +45,14 @@ def test_the_migrations_build_exactly_the_declared_tables(url):
 def test_a_database_from_before_the_migrations_keeps_its_usage(url):
     """Gateways before the migrations made the usage table with create_all; its rows survive the upgrade."""
     engine = database.create_engine(url)
+    old = sa.Table("usage", sa.MetaData(), sa.Column("key_name", sa.String(64), primary_key=True),
+                   sa.Column("model", sa.String(255), primary_key=True),
+                   *(sa.Column(field, sa.BigInteger, nullable=False, default=0)
+                     for field in ("requests", "prompt_tokens", "completion_tokens", "errors")))
     try:
-        metadata.tables["usage"].create(engine)
+        old.create(engine)  # as create_all made it then
         with engine.begin() as connection:
-            connection.execute(metadata.tables["usage"].insert().values(
+            connection.execute(old.insert().values(
                 key_name="alice", model="llama3.2", requests=3, prompt_tokens=4, completion_tokens=5, errors=0))
         database.upgrade(engine)
         with engine.connect() as connection:

@@ -25,6 +25,7 @@ from tests.support import API_KEY, AUTH, ROOT
 
 KEYED = {**AUTH, "Connection": "close"}
 FIELDS = ("requests", "prompt_tokens", "completion_tokens", "errors")
+COLUMNS = (*FIELDS, "cached_tokens")  # every count a row has (cached_tokens: tested in test_cache.py)
 # 2026-12-01 23:59:58 UTC: two seconds before the day ends.
 BEFORE_MIDNIGHT = datetime(2026, 12, 1, 23, 59, 58, tzinfo=timezone.utc).timestamp()
 
@@ -45,7 +46,7 @@ def counts(row: dict) -> tuple:
 
 def by_columns(rows: list[dict]) -> dict:
     """Rows as {(date, key_name?, model?): (requests, prompt_tokens, completion_tokens, errors)}."""
-    return {tuple(value for name, value in row.items() if name not in FIELDS): counts(row) for row in rows}
+    return {tuple(value for name, value in row.items() if name not in COLUMNS): counts(row) for row in rows}
 
 
 def settle(read, expected, timeout: float = 10.0, interval: float = 0.05):
@@ -99,7 +100,7 @@ def test_daily_rows_across_a_day_boundary(url):
             ("2026-12-01", "bob", "llama3.2:latest"): (1, 7, 3, 0),
             ("2026-12-02", "alice", "llama3.2:latest"): (1, 2, 1, 0),
             ("2026-12-02", "bob", "all-minilm:latest"): (1, 4, 0, 0)}
-        assert list(store.daily()[0]) == ["date", "key_name", "model", *FIELDS]  # in order: date, key, model
+        assert list(store.daily()[0]) == ["date", "key_name", "model", *COLUMNS]  # in order: date, key, model
         assert by_columns(store.daily(group="day")) == {("2026-12-01",): (3, 17, 8, 1), ("2026-12-02",): (2, 6, 1, 0)}
         assert by_columns(store.daily(group="key")) == {
             ("2026-12-01", "alice"): (2, 10, 5, 1), ("2026-12-01", "bob"): (1, 7, 3, 0),
@@ -232,17 +233,18 @@ def test_flask_usage_export_writes_csv_and_json(tmp_path):
     result = export("--since", "2026-12-01", "--format", "csv")
     assert result.returncode == 0, result.stderr
     assert list(csv.reader(io.StringIO(result.stdout))) == [
-        ["date", "key_name", "model", *FIELDS],
-        ["2026-12-01", "alice", "llama3.2:latest", "1", "10", "5", "0"],
-        ["2026-12-01", "bob", "llama3.2:latest", "1", "7", "3", "1"],
-        ["2026-12-02", "alice", "llama3.2:latest", "1", "2", "1", "0"]]
+        ["date", "key_name", "model", *COLUMNS],
+        ["2026-12-01", "alice", "llama3.2:latest", "1", "10", "5", "0", "0"],
+        ["2026-12-01", "bob", "llama3.2:latest", "1", "7", "3", "1", "0"],
+        ["2026-12-02", "alice", "llama3.2:latest", "1", "2", "1", "0", "0"]]
     grouped = export("--since", "2026-12-01", "--until", "2026-12-01", "--group", "day")  # csv by default
     assert grouped.returncode == 0, grouped.stderr
-    assert grouped.stdout == "date,requests,prompt_tokens,completion_tokens,errors\n2026-12-01,2,17,8,1\n"
+    assert grouped.stdout == "date,requests,prompt_tokens,completion_tokens,errors,cached_tokens\n2026-12-01,2,17,8,1,0\n"
     as_json = export("--since", "2026-12-02", "--group", "key", "--format", "json")
     assert as_json.returncode == 0, as_json.stderr
     assert json.loads(as_json.stdout) == {"usage": [{"date": "2026-12-02", "key_name": "alice", "requests": 1,
-                                                     "prompt_tokens": 2, "completion_tokens": 1, "errors": 0}]}
+                                                     "prompt_tokens": 2, "completion_tokens": 1, "errors": 0,
+                                                     "cached_tokens": 0}]}
     for arguments, hint in ((["--since", "2026-12-32"], "--since"), (["--since", "2026-12-02", "--until", "2026-12-01"],
                                                                      "--since"),
                             (["--since", "2026-12-01", "--group", "week"], "--group"), ([], "--since")):

@@ -54,6 +54,8 @@ class Observation:
     chunks: int = 0
     tokens_in: int | None = None
     tokens_out: int | None = None
+    tokens_cached: int | None = None  # a cache hit: the stored answer's prompt and completion tokens
+    cache: str | None = None  # the X-Cache status: HIT, MISS, STORE or BYPASS (None: not a cached route)
     upstream_error: str | None = None
     stream_failed: bool = False
     client_gone: bool = False
@@ -109,6 +111,10 @@ class Observation:
                 "ttft_ms": None if self.ttft is None else round(self.ttft * 1000, 1),
                 "tokens_in": self.tokens_in, "tokens_out": self.tokens_out, "client": self.client,
                 "forwarded_for": self.forwarded_for}
+        if self.cache:
+            line["cache"] = self.cache
+        if self.tokens_cached:
+            line["tokens_cached"] = self.tokens_cached
         if self.upstream_error:
             line["upstream_error"] = self.upstream_error
         if self.limited:
@@ -160,6 +166,7 @@ def complete(gateway, response):
     observation.status = response.status_code
     # For a stream this goes out with the head: the time until then (the wait for Ollama's head included).
     response.headers["Server-Timing"] = observation.server_timing()
+    observation.cache = response.headers.get("X-Cache")
     key = g.get("api_key")
     if key is not None:
         observation.key = key.name
@@ -182,7 +189,7 @@ def finish(gateway, observation: Observation) -> None:
         metrics.record(observation)
         if observation.counted:
             gateway.usage.add(observation.key, observation.counted_model, observation.tokens_in or 0,
-                              observation.tokens_out or 0, observation.failed)
+                              observation.tokens_out or 0, observation.failed, observation.tokens_cached or 0)
         fields = observation.fields(gateway.config.log_prompts)
         access_log.info(_text_line(fields), extra={"fields": fields})
     except Exception:

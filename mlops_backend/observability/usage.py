@@ -1,4 +1,5 @@
-"""Usage per key and model (requests, prompt and completion tokens, errors), kept in a SQL database:
+"""Usage per key and model (requests, prompt and completion tokens, errors, tokens answered from the
+response cache), kept in a SQL database:
 running totals (`usage`) and the same counts per UTC day (`usage_daily`).
 
 Requests only add to counters in memory; a background thread adds them to the database every
@@ -57,13 +58,13 @@ class UsageStore:
         self.url, self.flush_seconds = url, flush_seconds
         self.clock, self.key_labels = clock, key_labels
         self._engine = None
-        self._pending = defaultdict(lambda: [0, 0, 0, 0])
+        self._pending = defaultdict(lambda: [0] * len(FIELDS))
         self._lock = threading.Lock()
         self._flusher = None
         self._stop = threading.Event()
 
     def add(self, key_name: str, model: str, prompt_tokens: int = 0, completion_tokens: int = 0,
-            error: bool = False) -> None:
+            error: bool = False, cached_tokens: int = 0) -> None:
         """Count one request on today's date (UTC) (cheap: memory only)."""
         day = time.strftime("%Y-%m-%d", time.gmtime(self.clock()))
         prompt_tokens, completion_tokens = prompt_tokens or 0, completion_tokens or 0
@@ -73,6 +74,7 @@ class UsageStore:
             counts[1] += prompt_tokens
             counts[2] += completion_tokens
             counts[3] += 1 if error else 0
+            counts[4] += cached_tokens or 0
         metrics.count_key_tokens(key_name if self.key_labels else "", prompt_tokens, completion_tokens)
         if self._flusher is None:
             self._start_flusher()
@@ -107,10 +109,10 @@ class UsageStore:
     def flush(self) -> None:
         """Add the pending counts to the database; on failure they stay pending for the next try."""
         with self._lock:
-            pending, self._pending = self._pending, defaultdict(lambda: [0, 0, 0, 0])
+            pending, self._pending = self._pending, defaultdict(lambda: [0] * len(FIELDS))
         if not pending:
             return
-        totals = defaultdict(lambda: [0, 0, 0, 0])
+        totals = defaultdict(lambda: [0] * len(FIELDS))
         for (_, key_name, model), counts in pending.items():
             for index, value in enumerate(counts):
                 totals[(key_name, model)][index] += value

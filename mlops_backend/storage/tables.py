@@ -6,7 +6,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 #: usage counters, one row per key and model (observability/usage.py).
-USAGE_FIELDS = ("requests", "prompt_tokens", "completion_tokens", "errors")
+#: cached_tokens: prompt and completion tokens of answers the response cache gave (services/cache.py).
+USAGE_FIELDS = ("requests", "prompt_tokens", "completion_tokens", "errors", "cached_tokens")
 MODEL_CHARS = 255  # the pass-through routes take any model name; a longer one is cut to fit its column
 KEY_CHARS = 64
 ID_CHARS = 40

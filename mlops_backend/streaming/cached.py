@@ -16,15 +16,17 @@ from ..services import cache as response_cache
 
 
 def hit(observation, entry: dict) -> None:
-    """Count a hit: a request with no completion tokens; the tokens it saved go to the cache's counter."""
-    observation.tokens_in, observation.tokens_out = 0, 0
+    """Count a hit: a request with no prompt or completion tokens, and the stored answer's tokens as cached
+    (in usage, and the cache's counter)."""
+    observation.tokens_in, observation.tokens_out, observation.tokens_cached = 0, 0, 0
     final = entry.get("final") or {}
     usage = final.get("usage") if isinstance(final.get("usage"), dict) else {}
     for kind, name, openai in (("prompt", "prompt_eval_count", "prompt_tokens"),
                                ("completion", "eval_count", "completion_tokens")):
         count = final.get(name, usage.get(openai))
-        if isinstance(count, int) and count:
+        if isinstance(count, int) and count > 0:
             metrics.CACHE_TOKENS.labels(kind).inc(count)
+            observation.tokens_cached += count
 
 
 def sse_records(data: bytes):
