@@ -1,9 +1,12 @@
-"""Command line: ``python -m benchmarks run|upstream-rps``.
+"""Command line: ``python -m benchmarks run|upstream-rps|table``.
 
-    python -m benchmarks run [--scenarios M1,M2,...] [--quick] [--repeat N]
+    python -m benchmarks run [--scenarios M1,M2,...,S1] [--quick] [--repeat N]
                              [--out benchmarks/results/latest.json]
-                             [--max-seconds 900] [--direct-only]
+                             [--max-seconds S] [--direct-only] [--no-floor]
     python -m benchmarks upstream-rps [--seconds 5] [--connections 32]
+    python -m benchmarks table [benchmarks/results/latest.json]
+
+--repeat applies to the M scenarios; the soak S1 runs once per invocation.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 from . import report, scenarios
 from . import procfs
 from .procfs import machine_info, nofile_limit
-from .scenarios import RESULTS_DIR, SCENARIOS, Ctx, Env
+from .scenarios import RESULTS_DIR, RUN_ONCE, SCENARIOS, Ctx, Env, estimate_seconds
 
 
 class RunState:
@@ -52,16 +55,19 @@ class RunState:
 
     def document(self) -> dict:
         env = self.env
-        gw = {}
+        gw, fl = {}, {}
         if env is not None:
             gw = {"started": env.gateway_starts, "error": env.gateway_error,
                   "port": env.gw_port, "notes": env.notes,
                   "log_tail": scenarios.tail(env.gw_log, 40) if env.gateway_starts else []}
+            fl = {"started": env.floor_starts, "error": env.floor_error, "port": env.fl_port,
+                  "log_tail": scenarios.tail(env.fl_log, 20) if env.floor_starts else []}
         return {
             "date": self.started_at,
             "machine": machine_info(),
             "args": vars(self.args),
             "layout": {"gateway_core": 0 if scenarios.two_cores() else None,
+                       "floor_core": 0 if scenarios.two_cores() else None,
                        "upstream_core": 1 if scenarios.two_cores() else None,
                        "harness_pinned_core1": self.pinned,
                        "nofile_limit": self.nofile},
@@ -69,6 +75,7 @@ class RunState:
             "timed_out": self.timed_out, "interrupted": self.interrupted,
             "error": self.error,
             "gateway": gw,
+            "floor": fl,
             "table": self.rows(),
             "scenarios": {sc: [{"details": o["details"], "rows": o["rows"]}
                                for o in outs] for sc, outs in self.outs.items()},
@@ -91,14 +98,19 @@ class RunState:
             print(f"note: {n}")
         if doc["gateway"].get("error"):
             print(f"\ngateway: {doc['gateway']['error']}")
+        if doc["floor"].get("error"):
+            print(f"\nfloor: {doc['floor']['error']}")
+        print(f"\nelapsed {doc['elapsed_s']:.0f} s")
         report.write_json(self.args.out, doc)
         print(f"\nresults written to {self.args.out}")
 
 
 def _our_cpu(env: Env) -> dict:
-    """CPU readings of every process of this run (harness, upstream, gateway tree)."""
+    """CPU readings of every process of this run (harness, upstream, floor and gateway trees)."""
     out = {("self", os.getpid()): procfs.cpu_seconds(os.getpid()) or 0.0,
-           ("gw-retired", 0): env.gw_cpu_retired}
+           ("gw-retired", 0): env.gw_cpu_retired, ("fl-retired", 0): env.fl_cpu_retired}
+    for pid, c in env.floor_cpu().items():
+        out[("fl", pid)] = c
     for pid, c in env.upstream_cpu().items():
         out[("up", pid)] = c
     for pid, c in env.gateway_cpu().items():
@@ -139,19 +151,33 @@ async def _run(state: RunState):
                        f" workers {ws}, worker nofile {nofile_limit(ws[0]) if ws else None})")
         else:
             state.note(f"gateway not running, direct figures only: {env.gateway_error}")
-    ctx = Ctx(env, args.quick, args.direct_only)
+    with_floor = (not args.direct_only and not args.no_floor
+                  and any(sc not in scenarios.GATEWAY_ONLY for sc in args.scenario_list))
+    if with_floor:
+        if await env.start_floor():
+            state.note(f"floor at http://127.0.0.1:{env.fl_port} (master {env.floor.pid},"
+                       f" workers {env.floor_workers()})")
+        else:
+            state.note(f"floor not running, no floor figures: {env.floor_error}")
+    ctx = Ctx(env, args.quick, args.direct_only, args.no_floor)
     for sc in args.scenario_list:
-        for rep in range(args.repeat):
+        reps = 1 if sc in RUN_ONCE else args.repeat
+        for rep in range(reps):
             if (not args.direct_only and env.gateway_starts and not env.gateway_alive()):
                 state.note("gateway is down; restarting it")
                 env.notes.append(f"gateway restarted before {sc} run {rep + 1}")
                 if not await env.start_gateway():
                     state.note(f"gateway restart failed: {env.gateway_error}")
+            if with_floor and env.floor_starts and not env.floor_alive():
+                state.note("floor is down; restarting it")
+                env.notes.append(f"floor restarted before {sc} run {rep + 1}")
+                if not await env.start_floor():
+                    state.note(f"floor restart failed: {env.floor_error}")
             out = {"rows": [], "details": {}}
             state.outs.setdefault(sc, []).append(out)
             workers_before = env.gateway_workers()
             starts_before = env.gateway_starts
-            state.note(f"{sc} run {rep + 1}/{args.repeat} ...")
+            state.note(f"{sc} run {rep + 1}/{reps} ...")
             busy0, ours0, t0 = procfs.system_busy_seconds(), _our_cpu(env), time.monotonic()
             try:
                 await SCENARIOS[sc](ctx, out)
@@ -187,6 +213,20 @@ def cmd_run(args) -> int:
     args.scenario_list = names
     if args.repeat < 1:
         args.repeat = 1
+    planned = estimate_seconds(names, args.quick, args.repeat)
+    if args.max_seconds is None:
+        args.max_seconds = max(900.0, planned * 1.5 + 120)
+    print(f"planned: {', '.join(names)}, {'quick' if args.quick else 'full'},"
+          f" --repeat {args.repeat} (S1 once): about {planned / 60:.0f} min"
+          f" ({planned:.0f} s); time limit {args.max_seconds:.0f} s", flush=True)
+    full = estimate_seconds(list(SCENARIOS), False, 1)
+    full3 = estimate_seconds(list(SCENARIOS), False, 3)
+    print(f"(a full run of {','.join(SCENARIOS)} takes about {full / 60:.0f} min,"
+          f" with --repeat 3 about {full3 / 60:.0f} min; --quick about"
+          f" {estimate_seconds(list(SCENARIOS), True, 1) / 60:.0f} min)", flush=True)
+    if planned > args.max_seconds:
+        print(f"warning: --max-seconds {args.max_seconds:.0f} is shorter than the plan;"
+              " the last scenarios will be cut", flush=True)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     state = RunState(args)
     state.nofile = scenarios.raise_nofile()
@@ -242,16 +282,20 @@ def cmd_upstream_rps(args) -> int:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run", help="run the M1..M5 scenarios, direct and through the gateway")
+    r = sub.add_parser("run", help="run the M1..M5 scenarios (direct, floor, gateway) and the S1 soak")
     r.add_argument("--scenarios", default=",".join(SCENARIOS),
-                   help="comma-separated subset of M1,M2,M3,M4,M5")
+                   help=f"comma-separated subset of {','.join(SCENARIOS)}")
     r.add_argument("--quick", action="store_true",
-                   help="shorter phases, M4 with 2,000 streams only, 5 M5 trials")
-    r.add_argument("--repeat", type=int, default=1, help="run each scenario N times, report medians")
+                   help="shorter phases, M4 with 2,000 streams only, 5 M5 trials, S1 for 2 min")
+    r.add_argument("--repeat", type=int, default=1,
+                   help="run each M scenario N times, report medians (S1 runs once)")
     r.add_argument("--out", default=str(RESULTS_DIR / "latest.json"))
-    r.add_argument("--max-seconds", type=float, default=900.0,
-                   help="hard overall time limit; what was measured is still reported")
+    r.add_argument("--max-seconds", type=float, default=None,
+                   help="hard overall time limit; what was measured is still reported"
+                        " (default: 1.5x the planned time + 2 min, at least 900)")
     r.add_argument("--direct-only", action="store_true", help="measure the upstream only")
+    r.add_argument("--no-floor", action="store_true",
+                   help="do not run the floor (benchmarks/floor.py); direct and gateway only")
     u = sub.add_parser("upstream-rps",
                        help="requests/s of the upstream alone (client on the other core)")
     u.add_argument("--seconds", type=float, default=5.0)

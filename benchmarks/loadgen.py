@@ -242,9 +242,12 @@ class StreamTally:
     """Token accounting for one stream, fed SSE events or NDJSON lines."""
 
     __slots__ = ("tokens", "text_len", "done", "error", "final", "t_first_token",
-                 "t_last_token", "events", "bad")
+                 "t_last_token", "events", "bad", "numbered", "disorder", "next_number")
 
-    def __init__(self):
+    def __init__(self, numbered: bool = False):
+        self.numbered = numbered  # tokens read "<i> " (upstream option bench_numbered)
+        self.disorder = 0  # numbered tokens that were not the next number
+        self.next_number = 0  # resynchronised on a gap, so one lost chunk counts once
         self.tokens = 0
         self.text_len = 0
         self.done = False
@@ -260,6 +263,14 @@ class StreamTally:
         if self.t_first_token is None:
             self.t_first_token = now
         self.t_last_token = now
+        if self.numbered:
+            try:
+                number = int(text)
+            except ValueError:
+                number = -1
+            if number != self.next_number:
+                self.disorder += 1
+            self.next_number = number + 1
         self.tokens += 1
         self.text_len += len(text)
 
@@ -333,7 +344,7 @@ class StreamResult:
                  "t_first_byte", "t_first_token", "t_last_token", "t_close", "t_end",
                  "tokens", "text_len", "done", "error", "conn_error", "body_complete",
                  "closed_by", "timed_out", "heartbeats", "events", "bad", "final",
-                 "expected", "intact", "body_excerpt")
+                 "expected", "intact", "body_excerpt", "disorder")
 
     def __init__(self, index=0, expected=None):
         self.index = index
@@ -356,6 +367,7 @@ class StreamResult:
         self.final = None
         self.intact = False
         self.body_excerpt = None
+        self.disorder = 0
 
     @property
     def ttft(self):
@@ -383,7 +395,7 @@ class StreamStats:
 
 class _StreamConn(asyncio.Protocol):
     def __init__(self, res: StreamResult, request: bytes, fut, close_after_tokens,
-                 close_after_s, abort_close, stats):
+                 close_after_s, abort_close, stats, numbered=False):
         self.res = res
         self.request = request
         self.fut = fut
@@ -392,7 +404,7 @@ class _StreamConn(asyncio.Protocol):
         self.abort_close = abort_close
         self.stats = stats
         self.transport = None
-        self.tally = StreamTally()
+        self.tally = StreamTally(numbered)
         self.sse = None
         self.mode = None  # "sse" | "ndjson" | "raw"
         self.nd_buf = b""
@@ -513,6 +525,7 @@ def _finalize(res: StreamResult, tally: StreamTally, sse, raw):
     res.t_last_token = tally.t_last_token
     res.events = tally.events
     res.bad = tally.bad
+    res.disorder = tally.disorder
     res.heartbeats = sse.comments if sse is not None else 0
     if raw:
         body = b"".join(raw)
@@ -523,19 +536,21 @@ def _finalize(res: StreamResult, tally: StreamTally, sse, raw):
             except ValueError:
                 res.error = res.body_excerpt
     res.intact = (res.status == 200 and res.done and res.error is None and res.bad == 0
+                  and res.disorder == 0
                   and (res.expected is None or res.tokens == res.expected))
 
 
 async def run_stream(host: str, port: int, request: bytes, expected_tokens=None, *,
                      close_after_tokens=None, close_after_s=None, abort_close=False,
-                     timeout: float = 60.0, index: int = 0, stats: StreamStats | None = None
-                     ) -> StreamResult:
-    """One streaming request on a fresh connection."""
+                     timeout: float = 60.0, index: int = 0, stats: StreamStats | None = None,
+                     numbered: bool = False) -> StreamResult:
+    """One streaming request on a fresh connection; ``numbered``: check tokens are 0, 1, 2..."""
     loop = asyncio.get_running_loop()
     res = StreamResult(index, expected_tokens)
     res.t_start = _now()
     fut = loop.create_future()
-    conn = _StreamConn(res, request, fut, close_after_tokens, close_after_s, abort_close, stats)
+    conn = _StreamConn(res, request, fut, close_after_tokens, close_after_s, abort_close, stats,
+                       numbered)
     if stats:
         stats.connecting += 1
     try:

@@ -27,26 +27,49 @@ def merge_rows(runs: list) -> list:
     for rid in order:
         group = by_id[rid]
         m = dict(group[-1])
-        for k in ("direct", "gateway", "direct_of", "gateway_of"):
+        for k in ("direct", "floor", "gateway", "direct_of", "floor_of", "gateway_of"):
             if k in m:
                 m[k] = _med([g.get(k) for g in group])
         if len(group) > 1:
-            m["runs"] = {"direct": [g.get("direct") for g in group],
-                         "gateway": [g.get("gateway") for g in group]}
+            m["runs"] = {side: [g.get(side) for g in group]
+                         for side in ("direct", "floor", "gateway")}
         merged.append(m)
     return merged
 
 
+def _versus(r, side):
+    """The ratio or difference of ``side`` (gateway or floor) to direct, per the row's compare."""
+    d, v = r.get("direct"), r.get(side)
+    if d is None or v is None:
+        return None
+    if r.get("compare") == "ratio":
+        return v / d if d else None
+    if r.get("compare") == "added":
+        return v - d
+    return None
+
+
+def _check(op, v, limit):
+    if v is None:
+        return None
+    if op == "<=":
+        return v <= limit
+    if op == "abs<=":
+        return abs(v) <= limit
+    return v == limit
+
+
 def evaluate(r: dict) -> dict:
-    """Add the comparison value and whether the target is met."""
-    d, g = r.get("direct"), r.get("gateway")
-    cmp_val = None
-    if d is not None and g is not None:
-        if r.get("compare") == "ratio" and d:
-            cmp_val = g / d
-        elif r.get("compare") == "added":
-            cmp_val = g - d
-    r["compared"] = cmp_val
+    """Add the comparisons (to direct, and gateway ÷ floor) and whether the target is met.
+
+    A target is on the gateway's figure ("gateway"), on gateway minus direct ("added"), on
+    gateway ÷ floor ("floor_ratio") or on gateway minus floor ("floor_added"); "max" adds a cap
+    on the gateway's own figure.  Without the floor's figure a floor target is not decided.
+    """
+    g, f = r.get("gateway"), r.get("floor")
+    r["compared"] = _versus(r, "gateway")
+    r["compared_floor"] = _versus(r, "floor")
+    r["vs_floor"] = (g / f if r.get("floor_ratio") and g is not None and f else None)
     t = r.get("target")
     met = None
     if t is not None:
@@ -55,9 +78,19 @@ def evaluate(r: dict) -> dict:
             if g is not None and of:
                 met = g == of
         else:
-            v = cmp_val if t["on"] == "added" else g
-            if v is not None:
-                met = v <= t["value"] if t["op"] == "<=" else v == t["value"]
+            on = t["on"]
+            if on == "added":
+                v = r["compared"]
+            elif on == "floor_ratio":
+                v = r["vs_floor"] if r.get("floor_ratio") else (g / f if g is not None and f else None)
+            elif on == "floor_added":
+                v = g - f if g is not None and f is not None else None
+            else:
+                v = g
+            checks = [_check(t["op"], v, t["value"])]
+            if t.get("max") is not None:
+                checks.append(_check("<=", g, t["max"]))
+            met = False if False in checks else (None if None in checks else True)
     r["met"] = met
     return r
 
@@ -81,7 +114,8 @@ def _cell(r, side):
     v = r.get(side)
     if r.get("kind") == "fraction":
         of = r.get(f"{side}_of")
-        return "-" if v is None else f"{_num(v)}/{_num(of)}"
+        whole = [int(x) if isinstance(x, float) and x.is_integer() else x for x in (v, of)]
+        return "-" if v is None else f"{_num(whole[0])}/{_num(whole[1])}"
     return _num(v)
 
 
@@ -91,13 +125,23 @@ def _target_txt(r):
         return ""
     if t["op"] == "all":
         return "all"
-    on = " added" if t["on"] == "added" else ""
-    return f"{t['op']} {_num(t['value'])}{on}"
+    on, val = t["on"], _num(t["value"])
+    if on == "floor_ratio":
+        txt = f"{t['op']} {val}x floor"
+    elif on == "floor_added":
+        txt = f"{t['op']} floor +{val}"
+    elif t["op"] == "abs<=":
+        txt = f"within ±{val}"
+    else:
+        txt = f"{t['op']} {val}" + (" added" if on == "added" else "")
+    if t.get("max") is not None:
+        txt += f", <= {_num(t['max'])}"
+    return txt
 
 
-def _compared_txt(r) -> str:
-    """The ratio (1.23x) or the difference (+4.5) of gateway to direct, or '' when there is none."""
-    c = r.get("compared")
+def _compared_txt(r, key="compared") -> str:
+    """The ratio (1.23x) or the difference (+4.5) to direct, or '' when there is none."""
+    c = r.get(key)
     if c is None:
         return ""
     if r.get("compare") == "ratio":
@@ -105,19 +149,32 @@ def _compared_txt(r) -> str:
     return ("+" if c >= 0 else "") + _num(c)
 
 
+def _vs_floor_txt(r) -> str:
+    v = r.get("vs_floor")
+    return "" if v is None else f"{v:.2f}x"
+
+
+HEAD = ("metric", "unit", "direct", "floor", "gateway", "floor vs direct",
+        "gateway vs direct", "gateway ÷ floor", "target", "met")
+
+
+def _line(r, met_txt) -> tuple:
+    if "compared" not in r:  # an old results file, or a row not evaluated yet
+        r = evaluate(dict(r))
+    return (r["metric"], r["unit"], _cell(r, "direct"), _cell(r, "floor"), _cell(r, "gateway"),
+            _compared_txt(r, "compared_floor"), _compared_txt(r), _vs_floor_txt(r),
+            _target_txt(r), met_txt[r.get("met")])
+
+
 def format_table(rows: list) -> str:
-    head = ("metric", "unit", "direct", "gateway", "ratio/added", "target", "met")
-    lines = []
-    for r in rows:
-        met = {True: "yes", False: "NO", None: ""}[r.get("met")]
-        lines.append((r["metric"], r["unit"], _cell(r, "direct"), _cell(r, "gateway"),
-                      _compared_txt(r) or "-", _target_txt(r), met))
-    widths = [max(len(x[i]) for x in [head] + lines) for i in range(len(head))]
+    lines = [_line(r, {True: "yes", False: "NO", None: ""}) for r in rows]
+    lines = [tuple(c if c or k in (0, 1, 8, 9) else "-" for k, c in enumerate(x)) for x in lines]
+    widths = [max(len(x[i]) for x in [HEAD] + lines) for i in range(len(HEAD))]
     out = []
-    for i, line in enumerate([head] + lines):
+    for i, line in enumerate([HEAD] + lines):
         cells = [line[0].ljust(widths[0]), line[1].ljust(widths[1])]
-        cells += [line[k].rjust(widths[k]) for k in (2, 3, 4)]
-        cells += [line[5].ljust(widths[5]), line[6]]
+        cells += [line[k].rjust(widths[k]) for k in range(2, 8)]
+        cells += [line[8].ljust(widths[8]), line[9]]
         out.append("  ".join(cells).rstrip())
         if i == 0:
             out.append("-" * len(out[0]))
@@ -127,13 +184,12 @@ def format_table(rows: list) -> str:
 
 def format_markdown(rows: list) -> str:
     """The same table as format_table, as Markdown for the README."""
-    out = ["| metric | unit | direct | gateway | ratio/added | target | met |",
-           "|---|---|---:|---:|---:|---|---|"]
+    out = ["| " + " | ".join(HEAD) + " |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:
-        met = {True: "yes", False: "**no**", None: ""}[r.get("met")]
-        target = _target_txt(r).replace("<=", "≤")
-        out.append(f"| {r['metric']} | {r['unit']} | {_cell(r, 'direct')} | {_cell(r, 'gateway')} | "
-                   f"{_compared_txt(r)} | {target} | {met} |")
+        line = list(_line(r, {True: "yes", False: "**no**", None: ""}))
+        line[8] = line[8].replace("<=", "≤")
+        out.append("| " + " | ".join(line) + " |")
     return "\n".join(out)
 
 

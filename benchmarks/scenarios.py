@@ -1,13 +1,15 @@
-"""Process orchestration and the M1..M5 scenarios.
+"""Process orchestration, the M1..M5 scenarios and the soak scenario S1.
 
 Layout on a machine with at least two cores:
 
-* core 0: the gateway (gunicorn master + gevent worker), via ``taskset -c 0``;
+* core 0: the gateway (gunicorn master + gevent worker), via ``taskset -c 0``, and the
+  floor (``benchmarks/floor.py``, a bare WSGI relay under the same gunicorn setup);
 * core 1: the fast upstream (``taskset -c 1``) and this harness with its load
   client (``os.sched_setaffinity(0, {1})``).
 
-Every scenario measures the upstream directly and through the gateway in the
-same run.  Each scenario function fills an ``out`` dict as it goes
+Every M scenario measures the upstream directly, the floor and the gateway in the
+same run, one after the other (the floor and the gateway share core 0, so only one
+of them is ever under load).  Each scenario function fills an ``out`` dict as it goes
 (``rows`` and ``details``), so that a run cut short by the time limit still
 reports what it measured.
 """
@@ -124,16 +126,25 @@ def tail(path: Path, n: int = 40) -> list:
         return []
 
 
-def row(rid, metric, unit, direct=None, gateway=None, *, compare=None, target=None,
-        kind="number", direct_of=None, gateway_of=None, note=None) -> dict:
-    """One result line.  target: (op, value, on) with on in {"gateway","added"}."""
+def row(rid, metric, unit, direct=None, gateway=None, *, floor=None, compare=None, target=None,
+        kind="number", direct_of=None, gateway_of=None, floor_of=None, floor_ratio=False,
+        note=None) -> dict:
+    """One result line.
+
+    target: (op, value, on[, max]) with on in {"gateway", "added", "floor_ratio", "floor_added"}
+    (see report.evaluate); floor_ratio=True shows gateway ÷ floor (CPU and RSS rows).
+    """
     r = {"id": rid, "metric": metric, "unit": unit, "kind": kind,
-         "direct": direct, "gateway": gateway, "compare": compare}
+         "direct": direct, "floor": floor, "gateway": gateway, "compare": compare,
+         "floor_ratio": floor_ratio}
     if kind == "fraction":
         r["direct_of"] = direct_of
+        r["floor_of"] = floor_of
         r["gateway_of"] = gateway_of
     if target is not None:
         r["target"] = {"op": target[0], "value": target[1], "on": target[2]}
+        if len(target) > 3:
+            r["target"]["max"] = target[3]
     if note:
         r["note"] = note
     return r
@@ -143,9 +154,15 @@ def row(rid, metric, unit, direct=None, gateway=None, *, compare=None, target=No
 # processes
 # --------------------------------------------------------------------------
 class Env:
-    """The upstream and gateway subprocesses of one run."""
+    """The upstream, floor and gateway subprocesses of one run."""
 
     def __init__(self, quick: bool, log_dir: Path):
+        self.floor: subprocess.Popen | None = None
+        self.fl_port = 0
+        self.fl_log = log_dir / "floor.log"
+        self.floor_error = None
+        self.floor_starts = 0
+        self.fl_cpu_retired = 0.0  # CPU seconds of floors already stopped
         self.quick = quick
         self.log_dir = log_dir
         self.upstream: subprocess.Popen | None = None
@@ -212,25 +229,12 @@ class Env:
                                         preexec_fn=_die_with_parent(signal.SIGINT))
         log.close()
         self.gateway_starts += 1
-        end = _now() + timeout
-        last = None
-        while _now() < end:
-            if self.gateway.poll() is not None:
-                self.gateway_error = (f"gateway exited with code {self.gateway.returncode}: "
-                                      + " | ".join(tail(self.gw_log, 15)))
-                self.gateway = None
-                return False
-            try:
-                st, _, body = await loadgen.http_request(HOST, self.gw_port, "GET", "/health",
-                                                         timeout=2)
-                last = (st, body[:200])
-                if st == 200:
-                    self.gateway_error = None
-                    return True
-            except (OSError, asyncio.TimeoutError) as e:
-                last = repr(e)
-            await asyncio.sleep(0.2)
-        self.gateway_error = f"GET /health did not answer 200 within {timeout:.0f} s (last: {last})"
+        self.gateway_error = await _wait_healthy(self.gateway, self.gw_port, self.gw_log,
+                                                 "gateway", timeout)
+        if self.gateway_error is None:
+            return True
+        if self.gateway.poll() is not None:
+            self.gateway = None
         self.stop_gateway()
         return False
 
@@ -286,7 +290,60 @@ class Env:
         self._kill(self.gateway, sig=signal.SIGINT)
         self.gateway = None
 
+    # -- floor --------------------------------------------------------------------
+    async def start_floor(self, timeout: float = 30.0) -> bool:
+        """The bare WSGI relay (benchmarks/floor.py), under the gateway's gunicorn worker setup."""
+        self.fl_port = free_port()
+        env = dict(os.environ)
+        env.update({"FLOOR_UPSTREAM_URL": f"http://{HOST}:{self.up_port}",
+                    "FLOOR_API_KEY": API_KEY, "FLOOR_BIND": f"{HOST}:{self.fl_port}",
+                    "GUNICORN_WORKER_CONNECTIONS": "12000", "PYTHONUNBUFFERED": "1"})
+        cmd = taskset(0) + [venv_python(), "-m", "gunicorn", "-c",
+                            str(PKG_DIR / "floor_gunicorn.py"), "benchmarks.floor:app"]
+        log = open(self.fl_log, "ab" if self.floor_starts else "wb")
+        log.write(f"--- start {time.strftime('%H:%M:%S')}: {' '.join(cmd)}\n".encode())
+        log.flush()
+        self.floor = subprocess.Popen(cmd, cwd=str(REPO_ROOT), env=env,
+                                      stdout=log, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, start_new_session=True,
+                                      preexec_fn=_die_with_parent(signal.SIGINT))
+        log.close()
+        self.floor_starts += 1
+        self.floor_error = await _wait_healthy(self.floor, self.fl_port, self.fl_log, "floor",
+                                               timeout)
+        if self.floor_error is None:
+            return True
+        self.stop_floor()
+        return False
+
+    async def restart_floor(self) -> bool:
+        self.stop_floor()
+        self.notes.append(f"floor restarted at {time.strftime('%H:%M:%S')} (fresh worker)")
+        return await self.start_floor()
+
+    def floor_alive(self) -> bool:
+        return self.floor is not None and self.floor.poll() is None
+
+    def floor_workers(self) -> list:
+        return procfs.descendants(self.floor.pid) if self.floor_alive() else []
+
+    def floor_cpu(self) -> dict:
+        """CPU of the floor's master and worker, read the same way as gateway_cpu."""
+        return procfs.tree_cpu(self.floor.pid) if self.floor_alive() else {}
+
+    def floor_rss_kb(self):
+        vals = [procfs.rss_kb(w) for w in self.floor_workers()]
+        vals = [v for v in vals if v is not None]
+        return sum(vals) if vals else None
+
+    def stop_floor(self):
+        if self.floor_alive():
+            self.fl_cpu_retired += sum(self.floor_cpu().values())
+        self._kill(self.floor, sig=signal.SIGINT)
+        self.floor = None
+
     def stop_all(self, grace: float = 5.0):
+        self._kill(self.floor, grace, sig=signal.SIGINT)
         self._kill(self.gateway, grace, sig=signal.SIGINT)
         self._kill(self.upstream, grace)
         if self.upstream is not None and self.upstream.stdout:
@@ -304,15 +361,39 @@ class Env:
                                    timeout=10)
 
 
+async def _wait_healthy(proc: subprocess.Popen, port: int, log: Path, name: str,
+                        timeout: float):
+    """Wait for GET /health to answer 200; None when it did, else why not."""
+    end = _now() + timeout
+    last = None
+    while _now() < end:
+        if proc.poll() is not None:
+            return f"{name} exited with code {proc.returncode}: " + " | ".join(tail(log, 15))
+        try:
+            st, _, body = await loadgen.http_request(HOST, port, "GET", "/health", timeout=2)
+            last = (st, body[:200])
+            if st == 200:
+                return None
+        except (OSError, asyncio.TimeoutError) as e:
+            last = repr(e)
+        await asyncio.sleep(0.2)
+    return f"GET /health did not answer 200 within {timeout:.0f} s (last: {last})"
+
+
 class Ctx:
-    def __init__(self, env: Env, quick: bool, direct_only: bool):
+    def __init__(self, env: Env, quick: bool, direct_only: bool, no_floor: bool = False):
         self.env = env
         self.quick = quick
         self.direct_only = direct_only
+        self.no_floor = no_floor
 
     @property
     def gateway(self) -> bool:
         return not self.direct_only and self.env.gateway_alive()
+
+    @property
+    def floor(self) -> bool:
+        return not self.direct_only and not self.no_floor and self.env.floor_alive()
 
 
 def direct_body(n, first=0, delay=0, stream=True, tag=None):
@@ -322,10 +403,12 @@ def direct_body(n, first=0, delay=0, stream=True, tag=None):
     return {"model": BENCH_MODEL, "prompt": "hi", "stream": stream, "options": opts}
 
 
-def gateway_body(n, first=0, delay=0, tag=None):
+def gateway_body(n, first=0, delay=0, tag=None, numbered=False):
     opts = {"num_predict": n, "bench_first_delay_ms": first, "bench_delay_ms": delay}
     if tag:
         opts["bench_tag"] = tag
+    if numbered:
+        opts["bench_numbered"] = 1
     return {"model": BENCH_MODEL, "prompt": "hi", "options": opts}
 
 
@@ -334,10 +417,20 @@ def direct_stream_req(env, n, first=0, delay=0, tag=None):
                                  direct_body(n, first, delay, True, tag))
 
 
-def gateway_stream_req(env, n, first=0, delay=0, tag=None):
+def gateway_stream_req(env, n, first=0, delay=0, tag=None, port=None, numbered=False):
+    """A /api/llm/stream request for the gateway, or for the floor with port=env.fl_port."""
     h = dict(GATEWAY_HEADERS, Accept="text/event-stream")
-    return loadgen.build_request("POST", GATEWAY_STREAM, HOST, env.gw_port,
-                                 gateway_body(n, first, delay, tag), h)
+    return loadgen.build_request("POST", GATEWAY_STREAM, HOST, port or env.gw_port,
+                                 gateway_body(n, first, delay, tag, numbered), h)
+
+
+def floor_stream_req(env, n, first=0, delay=0, tag=None):
+    return gateway_stream_req(env, n, first, delay, tag, port=env.fl_port)
+
+
+def gateway_generate_req(env, n, port=None):
+    return loadgen.build_request("POST", GATEWAY_GENERATE, HOST, port or env.gw_port,
+                                 gateway_body(n), GATEWAY_HEADERS)
 
 
 def stream_summary(results) -> dict:
@@ -409,34 +502,38 @@ async def scenario_m1(ctx: Ctx, out: dict):
                                   direct_body(n, stream=False))
     d = await measure(env.up_port, d_req, env.upstream_cpu)
     out["details"]["direct"] = d
-    g = None
-    out["rows"] = _m1_rows(d, g)
+    f = g = health = None
+    out["rows"] = _m1_rows(d, f, g)
+    if ctx.floor:
+        f = await measure(env.fl_port, gateway_generate_req(env, n, env.fl_port), env.floor_cpu)
+        out["details"]["floor"] = f
+        out["rows"] = _m1_rows(d, f, g)
     if ctx.gateway:
-        g_req = loadgen.build_request("POST", GATEWAY_GENERATE, HOST, env.gw_port,
-                                      gateway_body(n), GATEWAY_HEADERS)
-        g = await measure(env.gw_port, g_req, env.gateway_cpu)
+        g = await measure(env.gw_port, gateway_generate_req(env, n), env.gateway_cpu)
         out["details"]["gateway"] = g
-        # The floor: the same stack answering GET /health (no body, no Ollama call), to show
-        # how much of M1 is gunicorn + Flask themselves.
+        # The gateway answering GET /health (no body, no Ollama call), to show how much of M1
+        # is gunicorn + Flask themselves.
         h_req = loadgen.build_request("GET", "/health", HOST, env.gw_port, None, {})
-        floor = await measure(env.gw_port, h_req, env.gateway_cpu, check=lambda body: b'"ok"' in body)
-        out["details"]["gateway_health_floor"] = floor
-        out["rows"] = _m1_rows(d, g, floor)
+        health = await measure(env.gw_port, h_req, env.gateway_cpu,
+                               check=lambda body: b'"ok"' in body)
+        out["details"]["gateway_health"] = health
+        out["rows"] = _m1_rows(d, f, g, health)
 
 
-def _m1_rows(d, g, floor=None):
-    g = g or {}
-    floor = floor or {}
+def _m1_rows(d, f, g, health=None):
+    f, g, health = f or {}, g or {}, health or {}
     return [
-        row("M1.floor", "M1 floor: CPU per GET /health", "us", None, floor.get("cpu_us_per_req")),
+        row("M1.health", "M1 gateway: CPU per GET /health", "us", None,
+            health.get("cpu_us_per_req")),
         row("M1.rps", "M1 requests/s, 32 conns", "req/s", d.get("rps"), g.get("rps"),
-            compare="ratio"),
-        row("M1.cpu", "M1 CPU per request", "us", d.get("cpu_us_per_req"),
-            g.get("cpu_us_per_req"), compare="ratio", target=("<=", 400, "gateway")),
+            floor=f.get("rps"), compare="ratio"),
+        row("M1.cpu", "M1 CPU per generation", "us", d.get("cpu_us_per_req"),
+            g.get("cpu_us_per_req"), floor=f.get("cpu_us_per_req"), compare="ratio",
+            floor_ratio=True, target=("<=", 1.5, "floor_ratio")),
         row("M1.p50", "M1 latency p50", "ms", d.get("latency_p50_ms"), g.get("latency_p50_ms"),
-            compare="added"),
+            floor=f.get("latency_p50_ms"), compare="added"),
         row("M1.bad", "M1 bad responses", "count", d.get("bad"), g.get("bad"),
-            target=("==", 0, "gateway")),
+            floor=f.get("bad"), target=("==", 0, "gateway")),
     ]
 
 
@@ -465,24 +562,34 @@ async def scenario_m2(ctx: Ctx, out: dict):
 
     d = await measure(env.up_port, direct_stream_req(env, n), env.upstream_cpu)
     out["details"]["direct"] = d
-    out["rows"] = _m2_rows(d, None)
+    f = g = None
+    out["rows"] = _m2_rows(d, f, g)
+    if ctx.floor:
+        f = await measure(env.fl_port, floor_stream_req(env, n), env.floor_cpu)
+        out["details"]["floor"] = f
+        out["rows"] = _m2_rows(d, f, g)
     if ctx.gateway:
         g = await measure(env.gw_port, gateway_stream_req(env, n), env.gateway_cpu)
         out["details"]["gateway"] = g
-        out["rows"] = _m2_rows(d, g)
+        out["rows"] = _m2_rows(d, f, g)
 
 
-def _m2_rows(d, g):
-    g = g or {}
+def _m2_rows(d, f, g):
+    f, g = f or {}, g or {}
     return [
-        row("M2.cpu", "M2 CPU per relayed token (32x500)", "us", d.get("cpu_us_per_token"),
-            g.get("cpu_us_per_token"), compare="ratio", target=("<=", 10, "gateway")),
+        row("M2.cpu", "M2 CPU per burst token (32x500)", "us", d.get("cpu_us_per_token"),
+            g.get("cpu_us_per_token"), floor=f.get("cpu_us_per_token"), compare="ratio",
+            floor_ratio=True, target=("<=", 1.0, "floor_ratio")),
         row("M2.tps", "M2 tokens/s", "tok/s", d.get("tokens_per_s"), g.get("tokens_per_s"),
-            compare="ratio"),
-        row("M2.intact", "M2 streams intact", "streams", d.get("intact"), g.get("intact"),
-            kind="fraction", direct_of=d.get("streams"), gateway_of=g.get("streams"),
-            target=("all", None, "gateway")),
+            floor=f.get("tokens_per_s"), compare="ratio"),
+        _intact_row("M2.intact", "M2 streams intact", d, f, g),
     ]
+
+
+def _intact_row(rid, metric, d, f, g):
+    return row(rid, metric, "streams", d.get("intact"), g.get("intact"), floor=f.get("intact"),
+               kind="fraction", direct_of=d.get("streams"), floor_of=f.get("streams"),
+               gateway_of=g.get("streams"), target=("all", None, "gateway"))
 
 
 # --------------------------------------------------------------------------
@@ -509,26 +616,33 @@ async def scenario_m3(ctx: Ctx, out: dict):
 
     d = await measure(env.up_port, direct_stream_req(env, n, first, delay), env.upstream_cpu)
     out["details"]["direct"] = d
-    out["rows"] = _m3_rows(d, None)
+    f = g = None
+    out["rows"] = _m3_rows(d, f, g)
+    if ctx.floor:
+        f = await measure(env.fl_port, floor_stream_req(env, n, first, delay), env.floor_cpu)
+        out["details"]["floor"] = f
+        out["rows"] = _m3_rows(d, f, g)
     if ctx.gateway:
         g = await measure(env.gw_port, gateway_stream_req(env, n, first, delay),
                           env.gateway_cpu)
         out["details"]["gateway"] = g
-        out["rows"] = _m3_rows(d, g)
+        out["rows"] = _m3_rows(d, f, g)
 
 
-def _m3_rows(d, g):
-    g = g or {}
+def _m3_rows(d, f, g):
+    """TTFT rows: "floor vs direct" is the floor's added TTFT, beside the gateway's."""
+    f, g = f or {}, g or {}
     return [
         row("M3.ttft50", "M3 TTFT p50 (200 streams)", "ms", d.get("ttft_p50_ms"),
-            g.get("ttft_p50_ms"), compare="added", target=("<=", 5, "added")),
+            g.get("ttft_p50_ms"), floor=f.get("ttft_p50_ms"), compare="added",
+            target=("<=", 5, "added")),
         row("M3.ttft99", "M3 TTFT p99 (200 streams)", "ms", d.get("ttft_p99_ms"),
-            g.get("ttft_p99_ms"), compare="added", target=("<=", 30, "added")),
-        row("M3.cpu", "M3 CPU per token", "us", d.get("cpu_us_per_token"),
-            g.get("cpu_us_per_token"), compare="ratio", target=("<=", 25, "gateway")),
-        row("M3.intact", "M3 streams intact", "streams", d.get("intact"), g.get("intact"),
-            kind="fraction", direct_of=d.get("streams"), gateway_of=g.get("streams"),
-            target=("all", None, "gateway")),
+            g.get("ttft_p99_ms"), floor=f.get("ttft_p99_ms"), compare="added",
+            target=("<=", 30, "added")),
+        row("M3.cpu", "M3 CPU per lone token", "us", d.get("cpu_us_per_token"),
+            g.get("cpu_us_per_token"), floor=f.get("cpu_us_per_token"), compare="ratio",
+            floor_ratio=True, target=("<=", 1.0, "floor_ratio")),
+        _intact_row("M3.intact", "M3 streams intact", d, f, g),
     ]
 
 
@@ -598,50 +712,60 @@ async def scenario_m4(ctx: Ctx, out: dict):
         d = await measure(count, env.up_port, direct_stream_req(env, n, first, delay),
                           lambda: procfs.rss_kb(env.upstream.pid), env.upstream_cpu)
         out["details"][f"direct_{key}"] = d
-        rows = _m4_rows(count, d, None)
+        f = g = None
+        rows = _m4_rows(count, d, f, g)
         out["rows"].extend(rows)
+        if ctx.floor:
+            # the floor first, the same way: a fresh worker, warmed up
+            if await env.restart_floor():
+                await _warm(env.fl_port, env)
+                f = await measure(count, env.fl_port, floor_stream_req(env, n, first, delay),
+                                  env.floor_rss_kb, env.floor_cpu)
+                out["details"][f"floor_{key}"] = f
+                out["rows"][-len(rows):] = _m4_rows(count, d, f, g)
+            else:
+                out["details"][f"floor_{key}_restart_failed"] = env.floor_error
+            await asyncio.sleep(1.0)
         if ctx.gateway:
             # a fresh worker, warmed up, so that "RSS before" is not memory that an
             # earlier phase left behind
             if await env.restart_gateway():
-                await _warm_gateway(env)
+                await _warm(env.gw_port, env)
             else:
                 out["details"][f"gateway_{key}_restart_failed"] = env.gateway_error
                 break
             g = await measure(count, env.gw_port, gateway_stream_req(env, n, first, delay),
                               env.worker_rss_kb, env.gateway_cpu)
             out["details"][f"gateway_{key}"] = g
-            new = _m4_rows(count, d, g)
-            out["rows"][-len(rows):] = new
+            out["rows"][-len(rows):] = _m4_rows(count, d, f, g)
             if not env.gateway_alive():
                 out["details"][f"gateway_{key}_died"] = True
                 break
         await asyncio.sleep(1.0)
 
 
-async def _warm_gateway(env: Env):
+async def _warm(port: int, env: Env):
     """A few streams and requests, so that lazily allocated state exists before a baseline."""
-    req = gateway_stream_req(env, 20)
-    await asyncio.gather(*(loadgen.run_stream(HOST, env.gw_port, req, 20, timeout=20)
+    req = gateway_stream_req(env, 20, port=port)
+    await asyncio.gather(*(loadgen.run_stream(HOST, port, req, 20, timeout=20)
                            for _ in range(50)))
-    greq = loadgen.build_request("POST", GATEWAY_GENERATE, HOST, env.gw_port,
-                                 gateway_body(10), GATEWAY_HEADERS)
+    greq = gateway_generate_req(env, 10, port)
     for _ in range(20):
-        await loadgen.run_stream(HOST, env.gw_port, greq, None, timeout=20)
+        await loadgen.run_stream(HOST, port, greq, None, timeout=20)
     await asyncio.sleep(0.5)
 
 
-def _m4_rows(count, d, g):
-    g = g or {}
+def _m4_rows(count, d, f, g):
+    f, g = f or {}, g or {}
     return [
-        row(f"M4.{count}.intact", f"M4 {count} slow streams intact", "streams",
-            d.get("intact"), g.get("intact"), kind="fraction", direct_of=d.get("streams"),
-            gateway_of=g.get("streams"), target=("all", None, "gateway")),
+        _intact_row(f"M4.{count}.intact", f"M4 {count} slow streams intact", d, f, g),
         row(f"M4.{count}.rss", f"M4 {count} RSS growth per open stream", "KB",
-            d.get("rss_kb_per_stream"), g.get("rss_kb_per_stream"), compare="ratio",
-            target=("<=", 30, "gateway")),
+            d.get("rss_kb_per_stream"), g.get("rss_kb_per_stream"),
+            floor=f.get("rss_kb_per_stream"), compare="ratio", floor_ratio=True,
+            target=("<=", 2, "floor_added", 30)),
         row(f"M4.{count}.cpu", f"M4 {count} CPU per token", "us", d.get("cpu_us_per_token"),
-            g.get("cpu_us_per_token"), compare="ratio"),
+            g.get("cpu_us_per_token"), floor=f.get("cpu_us_per_token"), compare="ratio",
+            floor_ratio=True),
     ]
 
 
@@ -692,6 +816,8 @@ async def scenario_m5(ctx: Ctx, out: dict):
                 first, delay, kw = 30000, 50, {"close_after_s": 1.0}
             if target == "direct":
                 port, req = env.up_port, direct_stream_req(env, n, first, delay, tag)
+            elif target == "floor":
+                port, req = env.fl_port, floor_stream_req(env, n, first, delay, tag)
             else:
                 port, req = env.gw_port, gateway_stream_req(env, n, first, delay, tag)
             since = await _last_id(env)
@@ -722,7 +848,8 @@ async def scenario_m5(ctx: Ctx, out: dict):
                 "latencies_ms": lat, "tokens_after_close_median": median(after),
                 "samples": samples}
 
-    targets = ["direct"] + (["gateway"] if ctx.gateway else [])
+    targets = (["direct"] + (["floor"] if ctx.floor else [])
+               + (["gateway"] if ctx.gateway else []))
     for mode in ("flowing", "silent"):
         for target in targets:
             results[(target, mode)] = r = await window(target, mode)
@@ -748,16 +875,210 @@ def _m5_rows(results, wait):
             note = f"gateway: {g['missed']} of {g['trials']} closes not seen within {wait:.0f} s"
         rows.append(row(f"M5.{mode}", f"M5 close -> upstream closed, {label}", "ms",
                         get("direct", mode, "median_ms"), get("gateway", mode, "median_ms"),
+                        floor=get("floor", mode, "median_ms"),
                         compare="added", target=("<=", 5, "gateway"), note=note))
     rows.append(row("M5.after", "M5 tokens sent upstream after close (flowing)", "tokens",
                     get("direct", "flowing", "tokens_after_close_median"),
                     get("gateway", "flowing", "tokens_after_close_median"),
+                    floor=get("floor", "flowing", "tokens_after_close_median"),
                     compare="added"))
     return rows
 
 
+# --------------------------------------------------------------------------
+# S1: a bounded soak, 1,000 paced streams kept open on the gateway's one worker
+# --------------------------------------------------------------------------
+S1_STREAMS = 1000
+S1_TOKENS = 300  # 60 s per stream at 5 tokens/s
+S1_DELAY_MS = 200
+S1_SAMPLE_S = 10.0
+S1_FDS_PER_STREAM = 2  # a stream holds the client's socket and one upstream socket
+
+
+def s1_durations(quick: bool) -> tuple:
+    """(load seconds, the time of the reference sample the end is compared with)."""
+    return (120.0, 30.0) if quick else (1200.0, 120.0)
+
+
+class _SoakTally:
+    """Counts of the soak's streams, kept as they end (20,000 results need not be kept)."""
+
+    def __init__(self):
+        self.streams = self.intact = self.tokens = self.expected_tokens = 0
+        self.lost = self.disorder = self.errors = 0
+        self.failures: dict = {}
+        self.samples: list = []
+
+    def add(self, r):
+        self.streams += 1
+        self.tokens += r.tokens
+        self.expected_tokens += r.expected or 0
+        self.lost += max(0, (r.expected or 0) - r.tokens)
+        self.disorder += r.disorder
+        if r.error is not None:
+            self.errors += 1
+        if r.intact:
+            self.intact += 1
+            return
+        key = (f"status={r.status} done={r.done} tokens={r.tokens}/{r.expected} "
+               f"disorder={r.disorder} conn_error={r.conn_error} timeout={r.timed_out} "
+               f"error={str(r.error)[:120] if r.error else None}")
+        self.failures[key] = self.failures.get(key, 0) + 1
+        if len(self.samples) < 3:
+            self.samples.append({"status": r.status, "tokens": r.tokens, "done": r.done,
+                                 "error": r.error, "conn_error": r.conn_error,
+                                 "disorder": r.disorder, "body": r.body_excerpt,
+                                 "final": r.final})
+
+
+async def scenario_s1(ctx: Ctx, out: dict):
+    """1,000 streams at 5 tokens/s for 20 minutes (quick: 2) through the gateway's one worker.
+
+    Each of 1,000 slots re-opens its stream as soon as it ends; the first stream of slot i is
+    (i+1)/1000 of the full length, so the ends (and re-opens) are spread evenly instead of
+    coming all at once every 60 s.  Streams are sized to end by the deadline, so none is cut.
+    Tokens are numbered by the upstream (bench_numbered), and the client checks each stream
+    got 0, 1, 2, ... n-1 and the done event.  The worker's RSS and open fds are sampled every
+    10 s; the figures compare the end with minute 2 (quick: 30 s), when the 1,000 are open.
+    """
+    env = ctx.env
+    out["rows"] = _s1_rows({})
+    if not ctx.gateway:
+        out["details"]["skipped"] = "gateway not running"
+        return
+    duration, ref_at = s1_durations(ctx.quick)
+    per_token = S1_DELAY_MS / 1000
+    await env.up_reset()
+    workers = env.gateway_workers()
+    pid = workers[0] if workers else None
+    stats = loadgen.StreamStats()
+    tally = _SoakTally()
+    t0 = _now()
+    end = t0 + duration
+    c0 = env.gateway_cpu()
+    reqs: dict = {}
+
+    def request(n):
+        r = reqs.get(n)
+        if r is None:
+            r = reqs[n] = gateway_stream_req(env, n, 0, S1_DELAY_MS, numbered=True)
+        return r
+
+    async def slot(i):
+        n = max(1, S1_TOKENS * (i + 1) // S1_STREAMS)
+        while True:
+            fits = int((end - _now()) / per_token) - 1  # tokens that end by the deadline
+            if fits < 25:  # under 5 s left: this slot is done
+                return
+            n = min(n, fits)
+            res = await loadgen.run_stream(HOST, env.gw_port, request(n), n,
+                                           timeout=n * per_token + 60, stats=stats,
+                                           numbered=True)
+            tally.add(res)
+            n = S1_TOKENS
+
+    samples = []
+
+    def sample():
+        open_now = stats.connected - stats.finished
+        samples.append({"t": round(_now() - t0, 1), "open": open_now,
+                        "rss_kb": procfs.rss_kb(pid) if pid else None,
+                        "fds": procfs.open_fds(pid) if pid else None})
+
+    sample()
+    tasks = []
+    for i in range(S1_STREAMS):
+        if i and i % 250 == 0:
+            await asyncio.sleep(0.5)
+        tasks.append(asyncio.create_task(slot(i)))
+    try:
+        nxt = t0 + S1_SAMPLE_S
+        while _now() < end - 5:
+            await asyncio.sleep(max(0.0, min(nxt, end - 5) - _now()))
+            if _now() >= nxt:
+                sample()
+                nxt += S1_SAMPLE_S
+            out["details"].update(_s1_details(tally, samples, stats, duration, ref_at))
+            if tally.tokens:  # so far, in case the time limit cuts the soak
+                cpu = procfs.cpu_delta(c0, env.gateway_cpu())
+                out["details"]["cpu_us_per_token"] = cpu / tally.tokens * 1e6
+            out["rows"] = _s1_rows(out["details"])
+        sample()  # the last with (almost) every stream open
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        raise
+    c1 = env.gateway_cpu()
+    cpu = procfs.cpu_delta(c0, c1)
+    sample()  # after: every stream closed
+    details = _s1_details(tally, samples, stats, duration, ref_at)
+    details["cpu_s"] = cpu
+    details["cpu_us_per_token"] = cpu / tally.tokens * 1e6 if tally.tokens else None
+    details["elapsed_s"] = _now() - t0
+    if env.gateway_workers() != workers:
+        details["worker_changed"] = f"{workers} -> {env.gateway_workers()}"
+    out["details"].update(details)
+    out["rows"] = _s1_rows(out["details"])
+
+
+def _s1_details(tally, samples, stats, duration, ref_at) -> dict:
+    """RSS and fds at the reference time and at the end (the last sample with streams open)."""
+    full = [s for s in samples if s["rss_kb"] is not None and s["t"] > 0 and s["open"] > 0]
+    ref = min(full, key=lambda s: abs(s["t"] - ref_at)) if full else None
+    last = full[-1] if full else None
+    d = {"duration_s": duration, "reference_at_s": ref_at, "streams": tally.streams,
+         "intact": tally.intact, "tokens": tally.tokens, "expected_tokens": tally.expected_tokens,
+         "chunks_lost": tally.lost, "chunks_out_of_order": tally.disorder,
+         "error_events": tally.errors, "failures": dict(tally.failures),
+         "failure_samples": tally.samples, "open_now": stats.connected - stats.finished,
+         "samples": samples, "reference_sample": ref, "end_sample": last}
+    if ref and last and ref["t"] < last["t"]:
+        d["rss_ratio"] = last["rss_kb"] / ref["rss_kb"] if ref["rss_kb"] else None
+        if ref["fds"] is not None and last["fds"] is not None:
+            k = S1_FDS_PER_STREAM
+            d["fds_adjusted_delta"] = ((last["fds"] - k * last["open"])
+                                       - (ref["fds"] - k * ref["open"]))
+            d["fds_raw_delta"] = last["fds"] - ref["fds"]
+    return d
+
+
+def _s1_rows(d: dict) -> list:
+    ref = f"{d.get('reference_at_s', 120):.0f} s"
+    return [
+        row("S1.intact", "S1 soak streams intact", "streams", None, d.get("intact"),
+            kind="fraction", gateway_of=d.get("streams"), target=("all", None, "gateway")),
+        row("S1.lost", "S1 chunks lost or out of order", "chunks", None,
+            (d["chunks_lost"] + d["chunks_out_of_order"]) if "chunks_lost" in d else None,
+            target=("==", 0, "gateway")),
+        row("S1.rss", f"S1 worker RSS at the end / at {ref}", "ratio", None, d.get("rss_ratio"),
+            target=("<=", 1.05, "gateway")),
+        row("S1.fds", f"S1 worker fds - 2/open stream, end minus {ref}", "fds", None,
+            d.get("fds_adjusted_delta"), target=("abs<=", 20, "gateway")),
+        row("S1.cpu", "S1 CPU per token (1,000 streams, 5 tok/s)", "us", None,
+            d.get("cpu_us_per_token")),
+    ]
+
+
 SCENARIOS = {"M1": scenario_m1, "M2": scenario_m2, "M3": scenario_m3,
-             "M4": scenario_m4, "M5": scenario_m5}
+             "M4": scenario_m4, "M5": scenario_m5, "S1": scenario_s1}
+#: Scenarios run once per invocation whatever --repeat says (a 20-minute soak is not repeated).
+RUN_ONCE = {"S1"}
+#: Scenarios that measure the gateway only: a run of just these does not start the floor.
+GATEWAY_ONLY = {"S1"}
+#: Rough wall time of each scenario in seconds, (--quick, full), floor included: for the
+#: default --max-seconds and the plan printed at the start.
+ESTIMATE_S = {"M1": (17, 75), "M2": (8, 20), "M3": (8, 25), "M4": (80, 200),
+              "M5": (25, 90), "S1": (128, 1210)}
+
+
+def estimate_seconds(names, quick: bool, repeat: int) -> float:
+    """How long a run of these scenarios should take, start-up included."""
+    total = 10.0
+    for sc in names:
+        reps = 1 if sc in RUN_ONCE else repeat
+        total += ESTIMATE_S.get(sc, (60, 300))[0 if quick else 1] * reps
+    return total
 
 
 # --------------------------------------------------------------------------

@@ -11,6 +11,8 @@ Pacing is taken from the request's ``options``:
 * ``bench_first_delay_ms``  delay before the first byte (headers included)
 * ``bench_delay_ms``        delay between tokens
 * ``bench_tag``             free text stored with the stream record
+* ``bench_numbered``        when true, streamed token i reads ``"<i> "`` instead of ``"tok "``,
+  so that a client can check that every chunk arrived, in order (the soak scenario S1)
 
 Every streamed or paced request is recorded (start, first byte, end, time the
 connection was seen closed, tokens written, completed/aborted).  The records
@@ -84,10 +86,12 @@ class Plan:
     """Pre-encoded bytes for one (endpoint, model, n, pacing) combination."""
 
     __slots__ = ("n", "token_chunk", "final_chunk", "all_stream", "nonstream",
-                 "first_s", "delay_s")
+                 "first_s", "delay_s", "numbered", "tok_head", "tok_tail")
 
-    def __init__(self, chat: bool, model: str, n: int, first_ms: float, delay_ms: float):
+    def __init__(self, chat: bool, model: str, n: int, first_ms: float, delay_ms: float,
+                 numbered: bool = False):
         self.n = n
+        self.numbered = numbered
         self.first_s = first_ms / 1000.0
         self.delay_s = delay_ms / 1000.0
         eval_ns = int(max(n * delay_ms * 1e6, n * 10_000))
@@ -111,9 +115,18 @@ class Plan:
         fin.update(stats)
         whole.update(stats)
         self.token_chunk = _chunk(_jb(tok) + b"\n")
+        # numbered tokens: the line around the text, split once, so token i costs one format
+        self.tok_head, _, self.tok_tail = (_jb(tok) + b"\n").partition(_jb(TOKEN)[1:-1])
         self.final_chunk = _chunk(_jb(fin) + b"\n") + CHUNK_END
-        self.all_stream = STREAM_HEAD + self.token_chunk * n + self.final_chunk
+        self.all_stream = STREAM_HEAD + self.tokens(0, n) + self.final_chunk
         self.nonstream = _response(200, _jb(whole))
+
+    def tokens(self, start: int, k: int) -> bytes:
+        """The chunks of tokens start .. start+k-1."""
+        if not self.numbered:
+            return self.token_chunk * k
+        head, tail = self.tok_head, self.tok_tail
+        return b"".join(_chunk(b"%s%d %s" % (head, i, tail)) for i in range(start, start + k))
 
 
 class Record:
@@ -153,13 +166,13 @@ class ServerState:
         self.connections_total = 0
         self.started = _now()
 
-    def plan(self, chat, model, n, first_ms, delay_ms) -> Plan:
-        key = (chat, model, n, first_ms, delay_ms)
+    def plan(self, chat, model, n, first_ms, delay_ms, numbered=False) -> Plan:
+        key = (chat, model, n, first_ms, delay_ms, numbered)
         p = self.plans.get(key)
         if p is None:
             if len(self.plans) > 2048:
                 self.plans.clear()
-            p = self.plans[key] = Plan(chat, model, n, first_ms, delay_ms)
+            p = self.plans[key] = Plan(chat, model, n, first_ms, delay_ms, numbered)
         return p
 
     def new_record(self, path, stream, n, tag, started) -> Record:
@@ -255,7 +268,7 @@ class Pacer:
             self.head_sent = True
             self.rec.first_byte = _now()
         if k:
-            parts.append(plan.token_chunk * k)
+            parts.append(plan.tokens(self.sent, k))
             self.sent += k
         rec = self.rec
         rec.tokens = self.sent
@@ -484,7 +497,8 @@ class UpstreamProtocol(asyncio.Protocol):
         delay_ms = max(0.0, float(_num(opts.get("bench_delay_ms"), 0)))
         stream = req.get("stream") is not False
         st = self.state
-        plan = st.plan(path == "/api/chat", model, n, first_ms, delay_ms)
+        numbered = bool(opts.get("bench_numbered")) and stream
+        plan = st.plan(path == "/api/chat", model, n, first_ms, delay_ms, numbered)
         paced = first_ms > 0 or (delay_ms > 0 and n > 1)
         if not stream and not paced:
             st.fast_requests += 1
