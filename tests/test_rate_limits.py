@@ -479,8 +479,9 @@ def test_unreachable_redis_fails_open_and_logs_it(start_gateway, double, streams
     for index in range(8):
         answer = generate(gateway) if index % 2 else models(gateway)
         assert answer.status == 200, (answer.status, answer.json)
-    # Flask-Limiter's own report of the failure reaches the log, in our format, before any stream.
-    assert re.search(r"ERROR \d+ \[\w+\] flask-limiter: Failed to rate limit", gateway.log()), gateway.log()
+    # The failure is reported in the log, in our format, before any stream.
+    assert re.search(r"ERROR \d+ \[\w+\] mlops_backend.security.rate_limits: Failed to rate limit",
+                     gateway.log()), gateway.log()
     # Two streams at once although the key may hold one: slots are not counted either.
     double.script(tokens=["a"] * 5, delay=0.1)
     both = streams(gateway), streams(gateway)

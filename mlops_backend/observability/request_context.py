@@ -102,10 +102,8 @@ class JsonFormatter(logging.Formatter):
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(process)d [%(request_id)s] %(name)s: %(message)s"
 
 
-#: Loggers whose lines go out in our format, with their least level: ours, and Flask-Limiter's
-#: warnings and errors (a storage that is down, while requests go on unlimited; its INFO line per
-#: refusal would repeat our request line).
-LOGGERS = {"mlops_backend": logging.DEBUG, "flask-limiter": logging.WARNING}
+#: Loggers whose lines go out in our format, with their least level.
+LOGGERS = {"mlops_backend": logging.DEBUG}
 
 
 def configure_logging(level: str, log_format: str = "text") -> None:

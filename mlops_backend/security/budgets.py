@@ -161,7 +161,7 @@ class RedisWindows:
     def __init__(self, url: str, prefix: str = "mlops/budget/"):
         import redis
 
-        # redis-py reads unix sockets as unix://; Flask-Limiter's spelling is redis+unix://.
+        # redis-py reads unix sockets as unix://; the limits library's spelling is redis+unix://.
         self._redis = redis.Redis.from_url(url.replace("redis+unix://", "unix://", 1), socket_timeout=5,
                                            socket_connect_timeout=5)
         self.prefix = prefix

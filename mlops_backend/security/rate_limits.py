@@ -1,4 +1,4 @@
-"""Per-key limits: requests per minute (Flask-Limiter) and generations in flight, on memory:// or Redis.
+"""Per-key limits: requests per minute (the `limits` library) and generations in flight, on memory:// or Redis.
 
 Both are off unless configured (RATE_LIMIT_PER_MINUTE, STREAMS_PER_KEY, or a key's own `limits`),
 as in nginx or LiteLLM: one shared key serving a whole frontend must not be capped by a default.
@@ -14,7 +14,10 @@ import logging
 import time
 
 from flask import g, request
-from flask_limiter import Limiter
+from limits import RateLimitItemPerMinute
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
+from werkzeug.exceptions import TooManyRequests
 
 from ..observability import observe
 from .auth import identify
@@ -24,97 +27,113 @@ from ..observability.request_context import client_address
 
 log = logging.getLogger(__name__)
 
+#: How often a storage failure is logged (each request in between is served unlimited, silently).
+STORAGE_ERROR_LOG_SECONDS = 60.0
+
 
 class RateLimits:
-    """The app's Flask-Limiter plus the generation slots; limits come from the key, else the defaults."""
+    """The requests-per-minute budgets (the `limits` library's moving window) and the generation slots.
+
+    A request whose key has no per-minute limit touches no storage: the check is a few attribute
+    reads, so limits cost nothing until configured. (Flask-Limiter did this job before; its hooks
+    resolved every declared limit on every request, a tenth of a generation's CPU with none set.)
+    """
 
     def __init__(self, gateway):
         self.gateway = gateway
-        config = gateway.config
-        self.limiter = Limiter(
-            key_func=self.caller, storage_uri=config.rate_limit_storage, strategy="moving-window",
-            key_prefix="mlops", headers_enabled=False,
-            # Storage down (Redis unreachable): serve unlimited and log it, rather than fail every request.
-            swallow_errors=True)
+        self.window = MovingWindowRateLimiter(storage_from_string(gateway.config.rate_limit_storage))
         self.slots = gateway.slots
+        self._items: dict[int, RateLimitItemPerMinute] = {}
+        self._storage_logged = 0.0
 
     def init_app(self, app, blueprints) -> None:
-        """Count every request of `blueprints` against one shared per-key budget, and failed keys per address."""
-        self.limiter.init_app(app)
-        self.limiter.request_filter(lambda: request.method == "OPTIONS")
-        # Flask-Limiter hooks into every request of the app; only these blueprints are limited, so
-        # its check and header hook move to them (measured: a quarter of the CPU of a /health).
-        hooks = [(app.before_request_funcs, self.limiter._check_request_limit),
-                 (app.after_request_funcs, _hook_of(app.after_request_funcs.get(None, []), self.limiter))]
-        for table, hook in hooks:
-            if hook is not None and hook in table.get(None, []):
-                table[None].remove(hook)
-                for blueprint in blueprints:
-                    table.setdefault(blueprint.name, []).insert(0, hook)
+        """Check the budgets first on every request of `blueprints`; add the RateLimit headers after."""
         for blueprint in blueprints:
-            self.limiter.shared_limit(self.per_minute, scope="requests", exempt_when=self.unlimited,
-                                      error_message=self.refusal)(blueprint)
-            # Tested before the request, counted only when it ends in 401: a valid key never spends it.
-            self.limiter.shared_limit(self.failures_per_minute, scope="auth-failures", key_func=self.address,
-                                      exempt_when=self.not_guessing, deduct_when=_unauthorized,
-                                      error_message=self.failure_refusal)(blueprint)
-        app.after_request(self.add_headers)
+            app.before_request_funcs.setdefault(blueprint.name, []).insert(0, self.check)
+            app.after_request_funcs.setdefault(blueprint.name, []).append(self.after)
         # Token budgets (security/budgets.py) run after the blueprints' key checks, beside these limits.
         if self.gateway.budgets is not None:
             self.gateway.budgets.init_app(app, blueprints)
 
-    def caller(self) -> str:
-        """Whose budget a request spends: its key's name; the client address when auth is off."""
+    # -- the budgets -------------------------------------------------------------------------------------
+
+    def check(self):
+        """Refuse with 429 a key past its requests per minute, or an address past its failed keys.
+
+        A valid key spends its own budget (shared by every limited route); a missing or wrong key is
+        tested against its address's budget here and spends it only if the answer is a 401 (after()),
+        so a valid key never spends or meets it.
+        """
+        if request.method == "OPTIONS":
+            return
+        config = self.gateway.config
         key = identify(self.gateway)
-        if key is None or not self.gateway.config.auth_enabled:
-            return self.address()
-        return "key:" + key.name
+        if key is None:
+            amount = config.auth_failures_per_minute
+            if not amount:
+                return
+            limit = g.rate_limit = (self._item(amount), "auth-failures", self.address(), "auth_failures")
+            if self._safely(self.window.test, limit, True):
+                return
+        else:
+            amount = key.requests_per_minute if key.requests_per_minute is not None else config.rate_limit_per_minute
+            if not amount:
+                return
+            caller = "key:" + key.name if config.auth_enabled else self.address()
+            limit = g.rate_limit = (self._item(amount), "requests", caller, "requests")
+            if self._safely(self.window.hit, limit, True):
+                return
+        g.rate_limited = True
+        observe.current().limited = limit[3]
+        raise TooManyRequests(self.refusal(key, amount))
+
+    def after(self, response):
+        """Count a 401 against its address; add RateLimit-Limit, -Remaining, -Reset, and Retry-After on a 429."""
+        limit = g.get("rate_limit")
+        if limit is None:
+            return response
+        item, scope, caller, _ = limit
+        if scope == "auth-failures" and response.status_code == 401 and not g.get("rate_limited"):
+            self._safely(self.window.hit, limit, True)
+        stats = self._safely(self.window.get_window_stats, limit, None)
+        if stats is not None:
+            reset = max(int(stats.reset_time - time.time()), 0)
+            response.headers["RateLimit-Limit"] = str(item.amount)
+            response.headers["RateLimit-Remaining"] = str(stats.remaining)
+            response.headers["RateLimit-Reset"] = str(reset)
+            if g.get("rate_limited"):
+                response.headers["Retry-After"] = str(max(reset, 1))
+        return response
+
+    def refusal(self, key: ApiKey | None, amount: int) -> str:
+        """The 429's detail."""
+        if key is None:
+            return (f"More than {amount} requests a minute with a missing or wrong API key came from this "
+                    "address; see Retry-After")
+        return f"The key {key.name!r} may make {amount} requests per minute; see Retry-After"
 
     def address(self) -> str:
         """The client's address (behind a trusted proxy, the one it forwards)."""
         return "addr:" + client_address(self.gateway.config.forwarded_allow_ips)
 
-    def requests_per_minute(self) -> int:
-        key = identify(self.gateway)
-        if key is not None and key.requests_per_minute is not None:
-            return key.requests_per_minute
-        return self.gateway.config.rate_limit_per_minute
+    def _item(self, amount: int) -> RateLimitItemPerMinute:
+        item = self._items.get(amount)
+        if item is None:
+            item = self._items[amount] = RateLimitItemPerMinute(amount)
+        return item
 
-    def per_minute(self) -> str:
-        return f"{self.requests_per_minute()}/minute"
-
-    def refusal(self) -> str:
-        """The 429's detail."""
-        key = identify(self.gateway)
-        return f"The key {key.name!r} may make {self.requests_per_minute()} requests per minute; see Retry-After"
-
-    def unlimited(self) -> bool:
-        """No per-key budget: none configured, or no valid key (that spends the address's budget instead)."""
-        return identify(self.gateway) is None or self.requests_per_minute() == 0
-
-    def failures_per_minute(self) -> str:
-        return f"{self.gateway.config.auth_failures_per_minute}/minute"
-
-    def failure_refusal(self) -> str:
-        return (f"More than {self.gateway.config.auth_failures_per_minute} requests a minute with a missing or wrong "
-                "API key came from this address; see Retry-After")
-
-    def not_guessing(self) -> bool:
-        """A valid key (or auth off) never spends the address's budget of failed keys."""
-        return self.gateway.config.auth_failures_per_minute == 0 or identify(self.gateway) is not None
-
-    def add_headers(self, response):
-        """RateLimit-Limit, -Remaining and -Reset (seconds) when a limit applies; Retry-After on a 429."""
-        current = self.limiter.current_limit if "api_key" in g else None
-        if current is not None:
-            reset = max(int(current.reset_at - time.time()), 0)
-            response.headers["RateLimit-Limit"] = str(current.limit.amount)
-            response.headers["RateLimit-Remaining"] = str(current.remaining)
-            response.headers["RateLimit-Reset"] = str(reset)
-            if current.breached:
-                response.headers["Retry-After"] = str(max(reset, 1))
-                observe.current().limited = "auth_failures" if identify(self.gateway) is None else "requests"
-        return response
+    def _safely(self, operation, limit, fallback):
+        """operation(item, "mlops", scope, caller); on a storage failure (Redis down) `fallback`: the
+        request is served unlimited, and the failure logged at most once a minute."""
+        item, scope, caller, _ = limit
+        try:
+            return operation(item, "mlops", scope, caller)
+        except Exception:
+            now = time.monotonic()
+            if now - self._storage_logged >= STORAGE_ERROR_LOG_SECONDS:
+                self._storage_logged = now
+                log.exception("Failed to rate limit (rate-limit storage down); not limiting")
+            return fallback
 
     def acquire_slot(self, key: ApiKey):
         """Take one of the key's slots for a generation in flight, or refuse with 429; return the release."""
@@ -145,14 +164,6 @@ class RateLimits:
 
         return release
 
-def _unauthorized(response) -> bool:
-    return response.status_code == 401
-
-
 def _nothing():
     return None
 
-
-def _hook_of(hooks: list, limiter):
-    """Flask-Limiter's after_request hook (a partial bound to `limiter`), if registered."""
-    return next((hook for hook in hooks if getattr(hook, "args", (None,))[:1] == (limiter,)), None)
