@@ -71,7 +71,7 @@ class CountedInFlight:
 
     def acquire(self, name: str):
         release = self.counter.acquire(name)
-        gauge = UPSTREAM_IN_FLIGHT.labels(name)
+        gauge = child(UPSTREAM_IN_FLIGHT, name)
         gauge.inc()
 
         def done():
@@ -97,35 +97,47 @@ def exposition(accept: str | None) -> tuple[bytes, str]:
     return encoder(registry), content_type
 
 
+_children: dict = {}
+
+
+def child(metric, *values):
+    """metric.labels(*values), remembered: the per-request counters skip prometheus_client's label checks
+    and lock after a series' first use (the label values are the same bounded sets it keeps itself)."""
+    found = _children.get((metric, values))
+    if found is None:
+        found = _children[(metric, values)] = metric.labels(*values)
+    return found
+
+
 def count_key_tokens(key_name: str, prompt_tokens: int, completion_tokens: int) -> None:
     """Add one request's tokens to its key's counter (usage.UsageStore.add calls it, so both agree)."""
     if prompt_tokens:
-        KEY_TOKENS.labels(key_name, "prompt").inc(prompt_tokens)
+        child(KEY_TOKENS, key_name, "prompt").inc(prompt_tokens)
     if completion_tokens:
-        KEY_TOKENS.labels(key_name, "completion").inc(completion_tokens)
+        child(KEY_TOKENS, key_name, "completion").inc(completion_tokens)
 
 
 def record(observation) -> None:
     """Count one finished request."""
     route = observation.route
-    REQUESTS.labels(route, observation.method, str(observation.status)).inc()
-    DURATION.labels(route).observe(observation.duration)
+    child(REQUESTS, route, observation.method, str(observation.status)).inc()
+    child(DURATION, route).observe(observation.duration)
     if observation.ttft is not None:
-        TTFT.labels(route).observe(observation.ttft)
+        child(TTFT, route).observe(observation.ttft)
     if observation.chunks:
-        TOKENS_RELAYED.labels(route).inc(observation.chunks)
+        child(TOKENS_RELAYED, route).inc(observation.chunks)
     model = observation.counted_model
     if model:
         if observation.tokens_in:
-            TOKENS.labels(model, "prompt").inc(observation.tokens_in)
+            child(TOKENS, model, "prompt").inc(observation.tokens_in)
         if observation.tokens_out:
-            TOKENS.labels(model, "completion").inc(observation.tokens_out)
+            child(TOKENS, model, "completion").inc(observation.tokens_out)
     if observation.upstream_error:
-        UPSTREAM_ERRORS.labels(observation.upstream_error).inc()
+        child(UPSTREAM_ERRORS, observation.upstream_error).inc()
     if observation.upstream:
-        UPSTREAM_REQUESTS.labels(observation.upstream, str(observation.status)).inc()
+        child(UPSTREAM_REQUESTS, observation.upstream, str(observation.status)).inc()
     if observation.limited:
-        RATE_LIMITED.labels(observation.limited).inc()
+        child(RATE_LIMITED, observation.limited).inc()
 
 
 CACHE_REQUESTS = Counter("mlops_cache_requests_total", "Response cache lookups, by result (hit, miss, store: "
