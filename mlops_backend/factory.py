@@ -23,10 +23,34 @@ EXPOSED_HEADERS = ["X-Request-ID", "Retry-After", "WWW-Authenticate", "RateLimit
                    "X-Trimmed-Messages", "Server-Timing"]
 
 
+class GatewayFlask(Flask):
+    """Flask, remembering which hooks and views are plain functions.
+
+    Flask asks, for every hook and view of every request, whether it is a coroutine function
+    (ensure_sync, which Flask documents for overriding); the answer never changes, so it is kept.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._sync = {}
+
+    def ensure_sync(self, func):
+        try:
+            return self._sync[func]
+        except (KeyError, TypeError):  # not seen yet, or not hashable (then asked each time, as Flask does)
+            pass
+        made = super().ensure_sync(func)
+        try:
+            self._sync[func] = made
+        except TypeError:
+            pass
+        return made
+
+
 def create_app(config: Config | dict | None = None) -> Flask:
     """Create the gateway app; `config` is a Config, a mapping of variables, or None for the environment."""
     config = _as_config(config)
-    app = Flask(__name__, static_folder=None)
+    app = GatewayFlask(__name__, static_folder=None)
     app.config.update(MAX_CONTENT_LENGTH=config.max_body_bytes, DEBUG=config.debug)
     app.json.sort_keys = False
     app.json.ensure_ascii = False
@@ -91,7 +115,7 @@ def register_request_hooks(app: Flask, scoped: bool = False) -> None:
 
 
 def register_rate_limits(app: Flask) -> None:
-    """Requests per minute and concurrent streams per key (Flask-Limiter)."""
+    """Requests per minute and concurrent streams per key (security/rate_limits.py)."""
     from .blueprints import LIMITED
 
     app.extensions[KEY].limits.init_app(app, LIMITED)
