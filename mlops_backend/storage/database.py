@@ -28,7 +28,8 @@ _ADVISORY_LOCK = 0x6D6C6F7073  # "mlops": one lock id for every instance migrati
 
 
 def create_engine(url: str) -> sa.Engine:
-    """An engine for `url`; SQLite gets a busy timeout (workers share the file), foreign keys and its directory."""
+    """An engine for `url`; SQLite gets a busy timeout (workers share the file), foreign keys, its directory,
+    and for a file the write-ahead log (see _sqlite_wal)."""
     parsed = make_url(url)
     if parsed.get_backend_name() not in SUPPORTED:
         raise ValueError(f"DATABASE_URL: {parsed.get_backend_name()} is not supported (use sqlite or postgresql)")
@@ -40,8 +41,19 @@ def create_engine(url: str) -> sa.Engine:
     else:
         os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
         engine = sa.create_engine(url, connect_args={"timeout": 30})
+        sa.event.listen(engine, "connect", _sqlite_wal)
     sa.event.listen(engine, "connect", _sqlite_foreign_keys)
     return engine
+
+
+def _sqlite_wal(dbapi_connection, _record) -> None:
+    """The write-ahead log, synced at checkpoints: a commit (a usage flush, say) no longer waits on fsync
+    while it holds its gevent worker's loop (measured: tens of ms every USAGE_FLUSH_SECONDS in the rollback
+    journal), and readers never wait on a writer. A power cut may lose the last commits, never the file."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
 
 
 def _sqlite_foreign_keys(dbapi_connection, _record) -> None:
