@@ -112,9 +112,15 @@ def test_a_model_goes_only_where_it_is_installed(gw, fresh):
     assert sum(served(double) for double in fresh.values()) == 1
 
 
-def test_turns_of_one_conversation_stay_on_one_upstream(gw, fresh):
+def test_turns_of_one_conversation_stay_on_one_upstream(boxes, fresh, tmp_path, start_gateway):
     """qwen3 is on a and c, both cold (keep_alive 0 unloads it after each turn), equal in all else: only the
-    conversation decides, and different conversations spread over both."""
+    conversation decides, and different conversations spread over both.
+
+    Its own gateway reads the upstreams once: a refresh during a turn would see qwen3 loaded where that
+    turn runs (as Ollama lists it), and rightly send the next conversations there."""
+    path = upstreams_file(tmp_path, ("a", boxes["a"], {}), ("b", boxes["b"], {}), ("c", boxes["c"], {}))
+    gw = start_gateway(OLLAMA_UPSTREAMS_FILE=path, UPSTREAM_REFRESH_SECONDS="3600")
+    wait_until(lambda: all(u["models"] for u in health(gw).values()))
     homes = []
     for conversation in range(8):
         history = [{"role": "system", "content": f"conversation {conversation}"}]
