@@ -56,7 +56,7 @@ def call(app, template: dict) -> int:
 
 def build(which: str, url: str):
     if which == "floor":
-        os.environ.update({"FLOOR_UPSTREAM": url, "FLOOR_API_KEY": KEY})
+        os.environ.update({"FLOOR_UPSTREAM_URL": url, "FLOOR_API_KEY": KEY})
         from benchmarks.floor import app
         return app
     from mlops_backend import create_app

@@ -12,6 +12,7 @@ benchmarks/clients.py and the README.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import re
 import select
 import socket
@@ -50,6 +51,7 @@ class UpstreamPool:
         parts = urlsplit(base_url)
         self.tls = parts.scheme == "https"
         self.address = (parts.hostname, parts.port or (443 if self.tls else 80))
+        self._family = _literal_family(parts.hostname)
         self.prefix = parts.path.rstrip("/").encode()
         self.connect_timeout = connect_timeout
         self.max_idle = max_idle
@@ -97,7 +99,18 @@ class UpstreamPool:
         return Exchange(self, sock, method)
 
     def _connect(self) -> socket.socket:
-        sock = socket.create_connection(self.address, timeout=self.connect_timeout)
+        if self._family is None:  # a name: resolved for every new connection, so DNS changes are followed
+            sock = socket.create_connection(self.address, timeout=self.connect_timeout)
+        else:
+            # An address: connect to it. create_connection would ask getaddrinfo first, which under gevent
+            # is a round trip through its thread pool for every new connection (a queue at 1,000 streams).
+            sock = socket.socket(self._family, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(self.connect_timeout)
+                sock.connect(self.address)
+            except BaseException:
+                sock.close()
+                raise
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._tls_context is not None:
             try:
@@ -118,6 +131,14 @@ class UpstreamPool:
         """Close every idle connection."""
         while self._idle:
             self._idle.pop().close()
+
+
+def _literal_family(host: str):
+    """AF_INET or AF_INET6 for an IP address written out, None for a name."""
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return None
 
 
 def gevent_active() -> bool:
