@@ -222,16 +222,21 @@ class PullEvent(Schema):
     error = fields.Nested(StreamError, metadata={"description": "Why the pull failed"})
 
 
-class UsageRow(Schema):
-    key_name = fields.String(metadata={"example": "web-frontend"})
-    model = fields.String(metadata={"description": "Empty for requests that name no model (lists, refusals)",
-                                    "example": "llama3.2"})
+class UsageCounts(Schema):
+    """The counts of a usage row (storage.tables.USAGE_FIELDS), running totals and daily rows alike."""
+
     requests = fields.Integer()
     prompt_tokens = fields.Integer(metadata={"description": "Sum of Ollama's prompt_eval_count"})
     completion_tokens = fields.Integer(metadata={"description": "Sum of Ollama's eval_count"})
     errors = fields.Integer(metadata={"description": "Requests answered with 4xx/5xx or ended by an error event"})
     cached_tokens = fields.Integer(metadata={"description": "Prompt and completion tokens of answers the response "
                                                             "cache gave (X-Cache: HIT); not in the two sums above"})
+
+
+class UsageRow(UsageCounts):
+    key_name = fields.String(metadata={"example": "web-frontend"})
+    model = fields.String(metadata={"description": "Empty for requests that name no model (lists, refusals)",
+                                    "example": "llama3.2"})
 
 
 class UsageResponse(Schema):
@@ -292,7 +297,7 @@ class DocumentList(Schema):
     next_cursor = fields.String(metadata={"description": "Present when the page is full: pass as ?cursor="})
 
 
-class UsageDailyRow(Schema):
+class UsageDailyRow(UsageCounts):
     """Usage of one UTC day: per key and model, or summed as `group` says (GET /api/usage?since=...)."""
 
     date = fields.String(metadata={"description": "The UTC day, YYYY-MM-DD", "example": "2026-12-01"})
@@ -300,12 +305,6 @@ class UsageDailyRow(Schema):
                                        "example": "web-frontend"})
     model = fields.String(metadata={"description": "Absent with group=day and group=key; empty for requests that "
                                                    "name no model", "example": "llama3.2:latest"})
-    requests = fields.Integer()
-    prompt_tokens = fields.Integer(metadata={"description": "Sum of Ollama's prompt_eval_count"})
-    completion_tokens = fields.Integer(metadata={"description": "Sum of Ollama's eval_count"})
-    errors = fields.Integer(metadata={"description": "Requests answered with 4xx/5xx or ended by an error event"})
-    cached_tokens = fields.Integer(metadata={"description": "Prompt and completion tokens of answers the response "
-                                                            "cache gave (X-Cache: HIT); not in the two sums above"})
 
 
 class UsageDailyResponse(Schema):

@@ -53,8 +53,6 @@ def init_tracing(app, gateway, blueprints, scoped: bool = False) -> TracerProvid
     for key in names if scoped else [None]:
         hooks = app.before_request_funcs.setdefault(key, [])
         hooks.insert(hooks.index(observe.begin) + 1, lambda: RequestTrace.start(tracer))
-        # Runs last of the after-request hooks (they run in reverse), when X-Cache is set.
-        app.after_request_funcs.setdefault(key, []).insert(0, _note_response)
     for name in names:  # the key check, rate limits and budgets are these blueprints' own hooks
         hooks = app.before_request_funcs.setdefault(name, [])
         hooks.insert(0, _admission_started)
@@ -68,12 +66,12 @@ def init_tracing(app, gateway, blueprints, scoped: bool = False) -> TracerProvid
 class RequestTrace:
     """One request's spans: the server span, and its children while they are open."""
 
-    __slots__ = ("tracer", "span", "context", "started_ns", "admission", "cache", "address")
+    __slots__ = ("tracer", "span", "context", "started_ns", "admission", "address")
 
     def __init__(self, tracer, span):
         self.tracer, self.span, self.context = tracer, span, trace.set_span_in_context(span)
         self.started_ns = time.time_ns()
-        self.admission = self.cache = self.address = None
+        self.admission = self.address = None
 
     @classmethod
     def start(cls, tracer) -> None:
@@ -110,7 +108,7 @@ class RequestTrace:
             span.update_name(f"{name} {observation.model}" if observation.model else name)
             span.set_attributes({"gen_ai.operation.name": name, "gen_ai.provider.name": "ollama"})
         facts = {"gen_ai.request.model": observation.model, "gen_ai.usage.input_tokens": observation.tokens_in,
-                 "gen_ai.usage.output_tokens": observation.tokens_out, "mlops.cache": self.cache,
+                 "gen_ai.usage.output_tokens": observation.tokens_out, "mlops.cache": observation.cache,
                  "mlops.upstream": observation.upstream, "mlops.request_id": observation.request_id}
         span.set_attributes({k: v for k, v in facts.items() if v is not None})
         if observation.finish_reason:
@@ -144,14 +142,6 @@ def _admission_ended() -> None:
     if request_trace is not None and request_trace.admission is not None:
         request_trace.admission.end()
         request_trace.admission = None
-
-
-def _note_response(response):
-    """Keep the answer's cache status (X-Cache) for the span."""
-    request_trace = _trace()
-    if request_trace is not None:
-        request_trace.cache = response.headers.get("X-Cache")
-    return response
 
 
 class TracedSchema:
